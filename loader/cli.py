@@ -1,0 +1,149 @@
+"""The `loader` command: keep the image library's database and storage up to date."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from shared.database import DatabaseError, connect, database_url, describe
+from shared.settings import Settings, SettingsError, load_settings
+from shared.storage import open_storage
+from shared.store import ImageStore, SchemaError
+
+APP_DIR = Path(__file__).resolve().parent
+
+
+class Context:
+    """Settings read once at start-up; the database is opened only by commands that need it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: ImageStore | None = None
+
+    @property
+    def store(self) -> ImageStore:
+        """The store, connecting (and starting the embedded server) on first use."""
+        if self._store is None:
+            try:
+                self._store = ImageStore(connect(database_url(self.settings)))
+            except DatabaseError as exc:
+                raise click.ClickException(str(exc)) from exc
+        return self._store
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Load a folder of images into Image Browser's database and storage.
+
+    Configuration comes from loader/.env and the environment (the environment wins).
+    With nothing configured, an embedded Postgres and the local disk are used.
+    """
+    try:
+        ctx.obj = Context(load_settings(APP_DIR))
+    except SettingsError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from exc
+
+
+@main.command("ensure-schema")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def ensure_schema(app: Context, as_json: bool) -> None:
+    """Create or upgrade the image_embeddings table (safe to run any time)."""
+    report = _ensure_schema(app)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report)))
+    else:
+        verb = "created" if report.created else "up to date"
+        click.echo(f"image_embeddings {verb}: vector({report.dimensions}), pgvector {report.pgvector_version}")
+
+
+def _ensure_schema(app: Context):
+    try:
+        return app.store.ensure_schema(app.settings.expected_vector_dim)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--images", "images", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to scan (default: IMAGES_DIR, else ./images).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 2,
+              show_default="number of CPUs", help="Files decoded at once.")
+@click.option("--dry-run", is_flag=True, help="Only say what would change.")
+@click.option("--prune", is_flag=True, help="Remove rows and objects whose files are gone.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_context
+def sync(app: Context, images: Path | None, jobs: int, dry_run: bool, prune: bool, as_json: bool) -> None:
+    """Scan the images folder, upload new or changed files, and record them.
+
+    Exits with status 1 when any file could not be read; the others are still recorded.
+    """
+    from .sync import run_sync
+
+    settings = app.settings
+    if images is not None:
+        settings = dataclasses.replace(settings, images_dir=images.absolute())
+    if not settings.images_dir.is_dir():
+        raise click.ClickException(f"images folder {settings.images_dir} does not exist")
+    _ensure_schema(app)
+    report = run_sync(
+        app.store, open_storage(settings), settings.images_dir,
+        jobs=jobs, max_pixels=settings.max_image_pixels, dry_run=dry_run, prune=prune,
+        progress=False if as_json else None,
+    )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        _print_sync_summary(report)
+    if report.failed:
+        sys.exit(1)
+
+
+def _print_sync_summary(report) -> None:
+    mb = report.bytes_read / 1e6
+    what = "would add" if report.dry_run else "added"
+    click.echo(
+        f"{what} {report.new}, {'would update' if report.dry_run else 'updated'} {report.changed}, "
+        f"unchanged {report.unchanged}, failed {len(report.failed)}"
+        + (f", thumbnails made {report.thumbnails}" if report.thumbnails else "")
+        + (f", pruned {report.pruned}" if report.pruned else "")
+        + (f" ({mb:.1f} MB read in {report.seconds:.1f} s)" if report.bytes_read else "")
+    )
+    for failure in report.failed:
+        click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_context
+def status(app: Context, as_json: bool) -> None:
+    """Show how many images are loaded and embedded, and where they live."""
+    settings = app.settings
+    store = app.store
+    exists = store.table_exists()
+    info = {
+        "database": describe(settings),
+        "storage": open_storage(settings).describe(),
+        "pgvector_version": store.pgvector_version(),
+        "expected_vector_dim": settings.expected_vector_dim,
+        "table_vector_dim": store.embedding_dimensions() if exists else None,
+        **(store.counts() if exists else {"images": 0, "embedded": 0, "waiting": 0, "failed": 0}),
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    if not exists:
+        click.echo("no image_embeddings table yet: run `loader ensure-schema` or `loader sync`")
+    for label, key in (("database", "database"), ("storage", "storage"), ("pgvector", "pgvector_version"),
+                       ("vector dimension", "table_vector_dim"), ("images", "images"),
+                       ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed")):
+        click.echo(f"{label + ':':<18}{info[key] if info[key] is not None else '-'}")

@@ -1,0 +1,78 @@
+"""Find the images under a folder: relative POSIX keys, sizes and mtimes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.imagefile import is_image_name
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One candidate image on disk."""
+
+    key: str
+    path: Path
+    byte_size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    """Everything a walk of the images folder found."""
+
+    files: list[LocalFile] = field(default_factory=list)
+    skipped: int = 0  # hidden files, non-images, links leading out
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def scan_images(root: Path) -> ScanResult:
+    """Walk `root` recursively; skip hidden entries, non-images and links that leave it."""
+    root = root.absolute()
+    real_root = root.resolve()
+    result = ScanResult()
+    _walk(root, "", real_root, result)
+    result.files.sort(key=lambda f: f.key)
+    return result
+
+
+def _walk(folder: Path, prefix: str, real_root: Path, result: ScanResult) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        result.problems.append((prefix or ".", f"cannot list folder: {exc.strerror}"))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            result.skipped += 1
+            continue
+        key = prefix + entry.name
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            result.problems.append((key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                    "file name is not valid UTF-8"))
+            continue
+        try:
+            if entry.is_symlink():
+                if entry.is_dir() or not _links_inside(entry.path, real_root):
+                    result.skipped += 1  # never follow a folder link, nor any link leading out
+                    continue
+            if entry.is_dir(follow_symlinks=False):
+                _walk(Path(entry.path), key + "/", real_root, result)
+                continue
+            if not entry.is_file() or not is_image_name(entry.name):
+                result.skipped += 1
+                continue
+            stat = entry.stat()
+        except OSError as exc:
+            result.problems.append((key, f"cannot read file: {exc.strerror}"))
+            continue
+        result.files.append(LocalFile(key, Path(entry.path), stat.st_size, stat.st_mtime_ns))
+
+
+def _links_inside(path: str, real_root: Path) -> bool:
+    target = Path(path).resolve()
+    return target.is_relative_to(real_root) and target.is_file()

@@ -1,0 +1,172 @@
+"""`loader sync`: bring the database and storage in line with the images folder."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared.imagefile import ImageProblem, Inspection, inspect_image
+from shared.storage import Storage, StorageError, thumbnail_key
+from shared.store import ImageRecord, ImageStore, KnownFile
+
+from .scan import LocalFile, scan_images
+
+FLUSH_EVERY = 256  # rows per database write; a killed run redoes at most this many files
+
+
+@dataclass
+class SyncReport:
+    """What one sync did, for people and for `--json`."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    thumbnails: int = 0
+    pruned: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    bytes_read: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        """A JSON-ready copy."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one file: a row to write, a touch, or a failure."""
+
+    file: LocalFile
+    kind: str  # new | changed | touched | thumbnail | failed
+    record: ImageRecord | None = None
+    error: str = ""
+
+
+def run_sync(
+    store: ImageStore,
+    storage: Storage,
+    images_dir: Path,
+    *,
+    jobs: int,
+    max_pixels: int,
+    dry_run: bool = False,
+    prune: bool = False,
+    progress: bool | None = None,
+) -> SyncReport:
+    """Scan, inspect what changed on `jobs` processes, upload, then write rows."""
+    started = time.perf_counter()
+    report = SyncReport(dry_run=dry_run)
+    scan = scan_images(images_dir)
+    report.skipped = scan.skipped
+    report.failed.extend({"file": key, "error": why} for key, why in scan.problems)
+    known = store.known_files()
+    todo = [f for f in scan.files if _needs_look(f, known.get(f.key))]
+    report.unchanged = len(scan.files) - len(todo)
+    gone = sorted(set(known) - {f.key for f in scan.files} - {key for key, _ in scan.problems})
+
+    if dry_run:
+        for f in todo:
+            setattr(report, "changed" if f.key in known else "new",
+                    getattr(report, "changed" if f.key in known else "new") + 1)
+        report.pruned = len(gone) if prune else 0
+    else:
+        _process(store, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
+        if prune and gone:
+            for key in store.delete_images(gone):
+                storage.delete_thumbnail(key)
+            for key in gone:
+                storage.delete_original(key)
+            report.pruned = len(gone)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _needs_look(f: LocalFile, row: KnownFile | None) -> bool:
+    if row is None or not row["has_thumbnail"]:
+        return True
+    return row["byte_size"] != f.byte_size or row["mtime_ns"] != f.mtime_ns
+
+
+def _process(store, storage, todo, known, report, *, jobs, max_pixels, progress) -> None:
+    pending_rows: list[ImageRecord] = []
+    pending_touches: list[tuple[str, int, int]] = []
+
+    def flush() -> None:
+        store.upsert_images(pending_rows)
+        store.touch_files(pending_touches)
+        pending_rows.clear()
+        pending_touches.clear()
+
+    bar = tqdm(total=sum(f.byte_size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="sync", disable=progress is False or not todo, file=sys.stderr, smoothing=0.1)
+    with ProcessPoolExecutor(max_workers=jobs) as decoders, \
+            ThreadPoolExecutor(max_workers=max(4, jobs * 4)) as movers:
+        futures: list[Future[Outcome]] = [
+            movers.submit(_handle_file, decoders, storage, f, known.get(f.key), max_pixels) for f in todo
+        ]
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                outcome = future.result()
+                _count(outcome, report)
+                if outcome.kind == "touched":
+                    pending_touches.append((outcome.file.key, outcome.file.byte_size, outcome.file.mtime_ns))
+                elif outcome.record is not None:
+                    pending_rows.append(outcome.record)
+                report.bytes_read += outcome.file.byte_size
+                bar.update(outcome.file.byte_size)
+                bar.set_postfix_str(f"{done}/{len(todo)} files", refresh=False)
+                if len(pending_rows) + len(pending_touches) >= FLUSH_EVERY:
+                    flush()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            flush()  # whatever finished uploading is recorded, even when interrupted
+            bar.close()
+
+
+def _handle_file(decoders: ProcessPoolExecutor, storage: Storage, f: LocalFile,
+                 row: KnownFile | None, max_pixels: int) -> Outcome:
+    """Inspect on a decoder process, upload what is new, and say what the row should be."""
+    known_sha = row["sha256"] if row and row["has_thumbnail"] else None
+    try:
+        seen: Inspection = decoders.submit(inspect_image, f.path, max_pixels, known_sha).result()
+    except ImageProblem as exc:
+        return Outcome(f, "failed", error=str(exc))
+    except Exception as exc:  # a crashed decoder must not stop the other files
+        return Outcome(f, "failed", error=f"{type(exc).__name__}: {exc}")
+    if seen.unchanged:
+        return Outcome(f, "touched")
+    try:
+        thumb = thumbnail_key(seen.sha256)
+        storage.put_original(f.key, f.path, seen.content_type)
+        storage.put_thumbnail(thumb, seen.thumbnail)
+    except StorageError as exc:
+        return Outcome(f, "failed", error=str(exc))
+    record = ImageRecord(f.key, seen.width, seen.height, seen.byte_size, seen.sha256,
+                         seen.format, f.mtime_ns, thumb)
+    if row is None:
+        kind = "new"
+    elif row["sha256"] == seen.sha256:
+        kind = "thumbnail"
+    else:
+        kind = "changed"
+    return Outcome(f, kind, record)
+
+
+def _count(outcome: Outcome, report: SyncReport) -> None:
+    if outcome.kind == "failed":
+        report.failed.append({"file": outcome.file.key, "error": outcome.error})
+    elif outcome.kind in ("touched", "thumbnail"):
+        report.unchanged += 1
+        report.thumbnails += outcome.kind == "thumbnail"
+    else:
+        setattr(report, outcome.kind, getattr(report, outcome.kind) + 1)
