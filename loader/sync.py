@@ -16,7 +16,10 @@ from shared.store import ImageRecord, ImageStore, KnownFile
 
 from .scan import LocalFile, scan_images
 
-FLUSH_EVERY = 256  # rows per database write; a killed run redoes at most this many files
+# Rows are written in batches: every FLUSH_EVERY rows or FLUSH_SECONDS, whichever comes first.
+# A killed run redoes at most one batch of files (their uploads are idempotent).
+FLUSH_EVERY = 256
+FLUSH_SECONDS = 0.5
 
 
 @dataclass
@@ -98,11 +101,15 @@ def _process(store, storage, todo, known, report, *, jobs, max_pixels, progress)
     pending_rows: list[ImageRecord] = []
     pending_touches: list[tuple[str, int, int]] = []
 
+    last_flush = time.monotonic()
+
     def flush() -> None:
+        nonlocal last_flush
         store.upsert_images(pending_rows)
         store.touch_files(pending_touches)
         pending_rows.clear()
         pending_touches.clear()
+        last_flush = time.monotonic()
 
     bar = tqdm(total=sum(f.byte_size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
                desc="sync", disable=progress is False or not todo, file=sys.stderr, smoothing=0.1)
@@ -122,7 +129,8 @@ def _process(store, storage, todo, known, report, *, jobs, max_pixels, progress)
                 report.bytes_read += outcome.file.byte_size
                 bar.update(outcome.file.byte_size)
                 bar.set_postfix_str(f"{done}/{len(todo)} files", refresh=False)
-                if len(pending_rows) + len(pending_touches) >= FLUSH_EVERY:
+                if (len(pending_rows) + len(pending_touches) >= FLUSH_EVERY
+                        or time.monotonic() - last_flush >= FLUSH_SECONDS):
                     flush()
         except BaseException:
             for future in futures:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,19 @@ def wild_manifest() -> list[dict[str, str]]:
     """Rows of tests/data/wild/MANIFEST.csv."""
     with open(WILD / "MANIFEST.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def make_public_bucket(endpoint: str) -> str:
+    """A bucket anyone may read, like an R2 bucket with public access."""
+    import boto3
+
+    bucket = f"bucket-{uuid.uuid4().hex[:12]}"
+    admin = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k",
+                         aws_secret_access_key="s", region_name="us-east-1")
+    admin.create_bucket(Bucket=bucket)
+    admin.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                       "Resource": f"arn:aws:s3:::{bucket}/*"}],
+    }))
+    return bucket

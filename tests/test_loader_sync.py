@@ -1,0 +1,272 @@
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+import struct
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from loader.cli import main as loader_cli
+from loader.sync import run_sync
+from shared.database import connect
+from shared.settings import R2Settings
+from shared.storage import LocalStorage, R2Storage
+from shared.store import ImageStore
+
+from conftest import make_public_bucket, wild_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync(store, images, storage=None, **kw):
+    storage = storage or LocalStorage(images, images.parent / "thumbs")
+    return run_sync(store, storage, images, jobs=2, max_pixels=50_000_000, progress=False, **kw)
+
+
+def rows(store) -> dict[str, tuple]:
+    return {
+        r[0]: r[1:]
+        for r in store.conn.execute(
+            "SELECT filename, width, height, sha256, thumbnail_key, updated_at FROM image_embeddings"
+        ).fetchall()
+    }
+
+
+def save_jpeg(path: Path, size=(64, 48), color=(200, 30, 30), orientation: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.new("RGB", size, color).save(path, "JPEG", exif=exif.tobytes())
+
+
+def test_wild_images_land_with_displayed_size_and_broken_ones_are_reported(store, wild_images):
+    report = sync(store, wild_images)
+    manifest = wild_manifest()
+    ok = {r["path"]: (int(r["expected_width"]), int(r["expected_height"])) for r in manifest
+          if r["expected_outcome"] == "ok"}
+    bad = {r["path"] for r in manifest if r["expected_outcome"] == "error"}
+    stored = rows(store)
+    assert {name: (w, h) for name, (w, h, *_rest) in stored.items()} == ok
+    assert {f["file"] for f in report.failed} == bad
+    assert all(f["error"] for f in report.failed)
+    assert report.new == len(ok)
+    thumbs = wild_images.parent / "thumbs"
+    for name, (_w, _h, _sha, thumb, _t) in stored.items():
+        assert (thumbs / thumb).is_file(), name
+
+
+def test_thumbnails_are_upright(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "rotated.jpg", size=(120, 60), orientation=6)  # stored wide, shown tall
+    sync(store, images)
+    (thumb,) = [r[3] for r in rows(store).values()]
+    with Image.open(tmp_path / "thumbs" / thumb) as image:
+        assert image.size == (60, 120)
+
+
+def test_rerun_is_a_no_op(store, wild_images):
+    sync(store, wild_images)
+    before = rows(store)
+    again = sync(store, wild_images)
+    assert again.new == again.changed == again.thumbnails == 0
+    assert again.unchanged == len(before)
+    assert rows(store) == before  # not even updated_at moved
+
+
+def test_touched_file_is_rehashed_but_not_rewritten(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg")
+    sync(store, images)
+    os.utime(images / "a.jpg", ns=(1, 1))
+    report = sync(store, images)
+    assert report.unchanged == 1 and report.changed == 0
+    assert store.known_files()["a.jpg"]["mtime_ns"] == 1
+
+
+def test_changed_file_updates_its_row_and_forgets_its_embedding(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg", size=(64, 48))
+    sync(store, images)
+    store.conn.execute("UPDATE image_embeddings SET embedding = %s", (np.ones(768, np.float32),))
+    save_jpeg(images / "a.jpg", size=(30, 90), color=(0, 0, 255))
+    report = sync(store, images)
+    assert report.changed == 1
+    assert rows(store)["a.jpg"][:2] == (30, 90)
+    assert store.counts()["embedded"] == 0
+
+
+def test_same_content_under_two_names_is_two_rows_with_one_hash(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg")
+    (images / "copy").mkdir()
+    (images / "copy" / "a again.jpg").write_bytes((images / "a.jpg").read_bytes())
+    sync(store, images)
+    stored = rows(store)
+    assert set(stored) == {"a.jpg", "copy/a again.jpg"}
+    assert stored["a.jpg"][2] == stored["copy/a again.jpg"][2]
+
+
+def test_hidden_files_non_images_and_links_out_are_skipped(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "keep.jpg")
+    save_jpeg(images / ".hidden.jpg")
+    save_jpeg(images / ".cache" / "inside.jpg")
+    (images / "notes.txt").write_text("not an image")
+    outside = tmp_path / "outside"
+    save_jpeg(outside / "secret.jpg")
+    (images / "link-out.jpg").symlink_to(outside / "secret.jpg")
+    (images / "folder-out").symlink_to(outside, target_is_directory=True)
+    (images / "link-in.jpg").symlink_to(images / "keep.jpg")
+    report = sync(store, images)
+    assert set(rows(store)) == {"keep.jpg", "link-in.jpg"}
+    assert report.skipped == 5 and not report.failed
+
+
+def write_png_header_bomb(path: Path, width: int, height: int) -> None:
+    """A tiny PNG claiming to be enormous: decoding it would need gigabytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_refused_without_decoding(store, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    write_png_header_bomb(images / "bomb.png", 100_000, 100_000)
+    save_jpeg(images / "fine.jpg")
+    report = sync(store, images)
+    assert [f["file"] for f in report.failed] == ["bomb.png"]
+    assert "decompression bomb" in report.failed[0]["error"]
+    assert set(rows(store)) == {"fine.jpg"}
+
+
+def test_prune_removes_rows_and_thumbnails_of_deleted_files(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg", color=(1, 2, 3))
+    save_jpeg(images / "b.jpg", color=(200, 200, 0))
+    sync(store, images)
+    thumb_b = rows(store)["b.jpg"][3]
+    (images / "b.jpg").unlink()
+    assert sync(store, images).pruned == 0  # opt-in
+    assert "b.jpg" in rows(store)
+    report = sync(store, images, prune=True)
+    assert report.pruned == 1 and set(rows(store)) == {"a.jpg"}
+    assert not (tmp_path / "thumbs" / thumb_b).exists()
+
+
+def test_dry_run_changes_nothing(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg")
+    report = sync(store, images, dry_run=True)
+    assert report.new == 1 and rows(store) == {}
+
+
+def test_sync_to_r2_uploads_originals_and_thumbnails(store, tmp_path, s3_endpoint, wild_images):
+    bucket = make_public_bucket(s3_endpoint)
+    r2 = R2Storage(R2Settings("acct", "k", "s", bucket, "lib/", s3_endpoint), f"{s3_endpoint}/{bucket}")
+    report = sync(store, wild_images, storage=r2)
+    keys = {o["Key"]: o for page in r2.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])}
+    for name, (_w, _h, _sha, thumb, _t) in rows(store).items():
+        assert f"lib/{name}" in keys
+        assert f"lib/.thumbnails/{thumb}" in keys
+    head = r2.client.head_object(Bucket=bucket, Key="lib/formats/horse.jpg")
+    assert head["ContentType"] == "image/png"  # detected from the content, not the name
+    assert report.failed
+
+
+def cli_env(db_url: str, images: Path, data: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "SUPABASE", "IMAGE"))}
+    env.update(SUPABASE_DB_URL=db_url, IMAGES_DIR=str(images), DATA_DIR=str(data), **extra)
+    return env
+
+
+def test_cli_json_summary_and_exit_code(db_url, wild_images, tmp_path):
+    runner = CliRunner()
+    env = cli_env(db_url, wild_images, tmp_path / "data")
+    result = runner.invoke(loader_cli, ["sync", "--json"], env=env)
+    assert result.exit_code == 1  # the wild set holds broken files
+    summary = json.loads(result.stdout)
+    assert summary["new"] == 43 and len(summary["failed"]) == 7
+    status = runner.invoke(loader_cli, ["status", "--json"], env=env)
+    assert status.exit_code == 0
+    assert json.loads(status.stdout)["images"] == 43
+
+
+def test_cli_refuses_half_configured_r2(db_url, tmp_path):
+    env = cli_env(db_url, tmp_path, tmp_path, R2_BUCKET="photos")
+    result = CliRunner().invoke(loader_cli, ["status"], env=env)
+    assert result.exit_code == 1
+    assert "R2_ACCESS_KEY_ID" in result.output
+
+
+def test_cli_ensure_schema_refuses_other_dimension(db_url, tmp_path):
+    env = cli_env(db_url, tmp_path, tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(loader_cli, ["ensure-schema"], env=env).exit_code == 0
+    result = runner.invoke(loader_cli, ["ensure-schema"], env={**env, "EXPECTED_VECTOR_DIM": "512"})
+    assert result.exit_code == 1
+    assert "768" in result.output and "512" in result.output
+
+
+def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
+    images = tmp_path / "imgs"
+    rng = np.random.default_rng(7)
+    for i in range(240):
+        pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        save_path = images / f"batch {i // 50}" / f"photo #{i}.jpg"
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(save_path, "JPEG", quality=95)
+    bucket = make_public_bucket(s3_endpoint)
+    env = cli_env(db_url, images, tmp_path / "data", R2_ACCOUNT_ID="acct", R2_ACCESS_KEY_ID="k",
+                  R2_SECRET_ACCESS_KEY="s", R2_BUCKET=bucket, R2_PREFIX="p",
+                  R2_ENDPOINT_URL=s3_endpoint, IMAGE_BASE_URL=f"{s3_endpoint}/{bucket}")
+    command = [sys.executable, "-m", "loader", "sync", "--jobs", "2"]
+    conn = connect(db_url)
+    store = ImageStore(conn)
+    store.ensure_schema(768)
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store.counts()["images"] == 0 and child.poll() is None:
+        time.sleep(0.02)
+    os.killpg(child.pid, signal.SIGKILL)  # the whole process group: decoders too
+    child.wait()
+    landed = store.counts()["images"]
+    assert 0 < landed < 240, "the kill should land half-way"
+
+    admin = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="k",
+                         aws_secret_access_key="s", region_name="us-east-1")
+
+    def objects() -> set[str]:
+        pages = admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="p/")
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    assert {f"p/{name}" for name in store.known_files()} <= objects()  # no row without its object
+
+    finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert store.counts()["images"] == 240
+    names = set(store.known_files())
+    assert names == {str(p.relative_to(images)) for p in images.rglob("*.jpg")}
+    assert {f"p/{name}" for name in names} <= objects()
+    for name, sha in conn.execute("SELECT filename, sha256 FROM image_embeddings LIMIT 5").fetchall():
+        import hashlib
+        body = admin.get_object(Bucket=bucket, Key=f"p/{name}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == sha
+    rerun = json.loads(subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True,
+                                      text=True).stdout)
+    assert rerun["unchanged"] == 240 and rerun["new"] == 0

@@ -1,0 +1,86 @@
+import urllib.request
+
+import pytest
+
+from shared.settings import R2Settings
+from shared.storage import LocalStorage, R2Storage, StorageError
+
+from conftest import make_public_bucket
+
+HOSTILE_NAMES = [
+    "plain.jpg",
+    "with space.jpg",
+    "hash#tag.jpg",
+    "question?.jpg",
+    "percent%20.jpg",
+    "quote'\"s.jpg",
+    "Crémieux – été/日本 😀.png",
+    "folder/+plus&amp.png",
+]
+
+
+@pytest.fixture
+def r2(s3_endpoint):
+    bucket = make_public_bucket(s3_endpoint)
+    settings = R2Settings(account_id="acct", access_key_id="k", secret_access_key="s",
+                          bucket=bucket, prefix="library/", endpoint_url=s3_endpoint)
+    # moto serves objects path-style at /bucket/key, which stands in for R2's public URL.
+    return R2Storage(settings, f"{s3_endpoint}/{bucket}")
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_r2_public_urls_fetch_the_object(r2, tmp_path, name):
+    source = tmp_path / "file"
+    source.write_bytes(name.encode() * 3)
+    r2.put_original(name, source, "image/png")
+    url = r2.original_url(name)
+    assert url.startswith(r2.public_base_url + "library/")
+    with urllib.request.urlopen(url) as response:
+        assert response.read() == name.encode() * 3
+        assert response.headers["Content-Type"] == "image/png"
+
+
+def test_r2_large_files_use_multipart(r2, tmp_path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"x" * (6 * 1024 * 1024))
+    r2.transfer.multipart_threshold = 5 * 1024 * 1024
+    r2.transfer.multipart_chunksize = 5 * 1024 * 1024
+    r2.put_original("big.jpg", big, "image/jpeg")
+    head = r2.client.head_object(Bucket=r2.r2.bucket, Key="library/big.jpg")
+    assert head["ContentLength"] == 6 * 1024 * 1024
+    assert head["ETag"].strip('"').endswith("-2")  # two parts
+    assert r2.read_original("big.jpg") == big.read_bytes()
+
+
+def test_r2_thumbnails_live_beside_originals(r2):
+    r2.put_thumbnail("ab/abc.jpg", b"thumb")
+    assert r2.thumbnail_url("ab/abc.jpg").endswith("/library/.thumbnails/ab/abc.jpg")
+    with urllib.request.urlopen(r2.thumbnail_url("ab/abc.jpg")) as response:
+        assert response.read() == b"thumb"
+
+
+def test_r2_failure_names_the_file(tmp_path):
+    settings = R2Settings(account_id="a", access_key_id="k", secret_access_key="s", bucket="b",
+                          endpoint_url="http://127.0.0.1:9")  # nothing listens on the discard port
+    storage = R2Storage(settings, "https://img.example.com")
+    storage.client.meta.config.retries["max_attempts"] = 1
+    source = tmp_path / "f.jpg"
+    source.write_bytes(b"x")
+    with pytest.raises(StorageError, match="f.jpg"):
+        storage.put_original("f.jpg", source, "image/jpeg")
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "", "a\\..\\b"])
+def test_local_storage_refuses_keys_outside_its_folders(tmp_path, key):
+    storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
+    with pytest.raises(StorageError):
+        storage.original_path(key)
+    with pytest.raises(StorageError):
+        storage.thumbnail_path(key)
+
+
+def test_local_thumbnail_write_is_atomic(tmp_path):
+    storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
+    storage.put_thumbnail("ab/abc.jpg", b"data")
+    assert (tmp_path / "thumbs/ab/abc.jpg").read_bytes() == b"data"
+    assert [p.name for p in (tmp_path / "thumbs/ab").iterdir()] == ["abc.jpg"]
