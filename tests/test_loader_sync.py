@@ -270,3 +270,23 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
     rerun = json.loads(subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True,
                                       text=True).stdout)
     assert rerun["unchanged"] == 240 and rerun["new"] == 0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_thumbnail_matches_exif_transpose_for_every_orientation(orientation):
+    from PIL import ImageOps
+
+    from shared.imagefile import make_thumbnail
+
+    pixels = np.zeros((60, 100, 3), np.uint8)
+    pixels[:20, :30] = (255, 0, 0)  # a red block in the top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, "PNG", exif=exif.tobytes())
+    with Image.open(io.BytesIO(data.getvalue())) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.int16)
+        image.load()
+        thumb = np.asarray(Image.open(io.BytesIO(make_thumbnail(image))), np.int16)
+    assert thumb.shape == expected.shape
+    assert np.abs(thumb - expected).mean() < 8  # JPEG noise only: the red block is in place
