@@ -39,3 +39,24 @@ def test_jpeg_with_large_metadata_before_the_frame_header():
     image.save(data, "JPEG", icc_profile=b"\0" * 200_000)  # several APP2 segments
     data.seek(0)
     assert display_size(data) == (321, 123)
+
+
+def test_heic_rotation_is_applied_once(tmp_path):
+    """pillow-heif turns EXIF orientation into a HEIF rotation box on save and applies it on open."""
+    from shared.imagefile import inspect_image
+
+    prepare_decoders(178_956_970)
+    image = Image.new("RGB", (120, 60), "red")
+    image.paste((0, 0, 255), (0, 0, 30, 20))  # blue in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: portrait, blue top-right
+    path = tmp_path / "rotated.heic"
+    image.save(path, format="HEIF", exif=exif.tobytes())
+    with open(path, "rb") as f:
+        assert display_size(f) == (60, 120)
+    seen = inspect_image(path, 178_956_970)
+    assert (seen.width, seen.height) == (60, 120)
+    thumb = Image.open(io.BytesIO(seen.thumbnail)).convert("RGB")
+    assert thumb.size == (60, 120)
+    red, _g, blue = thumb.getpixel((55, 3))
+    assert blue > 200 and red < 60
