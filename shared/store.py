@@ -359,9 +359,9 @@ class ImageStore:
         ).fetchall()
         return [name for (name,) in rows]
 
-    def record_failures(self, worker_id: str, failures: list[tuple[int, str, int]]) -> list[str]:
+    def record_failures(self, worker_id: str, failures: list[tuple[int, str, int]]) -> list[tuple[str, str]]:
         """Store (lead id, error, attempts made) on each lead and the rows of its content this
-        worker holds; release them. Returns the filenames marked failed."""
+        worker holds, releasing them; return (filename, error) of each row marked failed."""
         if not failures:
             return []
         rows = self.conn.execute(
@@ -372,10 +372,10 @@ class ImageStore:
                      FROM unnest(%s::bigint[], %s::text[], %s::int[]) AS f(id, error, attempts)
                      JOIN image_embeddings e ON e.id = f.id) d
                WHERE (t.id = d.id OR t.sha256 = d.sha256) AND t.claimed_by = %s
-               RETURNING t.filename""",
+               RETURNING t.filename, d.error""",
             ([f[0] for f in failures], [f[1] for f in failures], [f[2] for f in failures], worker_id),
         ).fetchall()
-        return [name for (name,) in rows]
+        return [(name, error) for name, error in rows]
 
     def release_claims(self, worker_id: str, ids: list[int] | None = None) -> int:
         """Give back this worker's leases (all, or those on `ids`) without recording anything."""

@@ -67,6 +67,8 @@ class ReplicateEmbedder:
         self.wait_seconds = max(1, min(60, int(wait_seconds)))
         self.retrier = Retrier(backoff, RateLimiter(max_per_minute), sleep=sleep)
         self._seen = threading.local()  # the last 429's Retry-After, per thread
+        # The client gives a create request `wait_seconds` + 0.5 s itself; `timeout` covers
+        # the other calls (polling, uploads).
         read = timeout if timeout is not None else self.wait_seconds + 15.0
         self.client = replicate.Client(
             api_token=api_token,

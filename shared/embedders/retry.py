@@ -78,12 +78,14 @@ class Backoff:
     max_attempts: int = 5
     base_seconds: float = 1.0
     max_seconds: float = 60.0
+    max_retry_after: float = 600.0  # beyond this a server's Retry-After is taken as garbage
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if retry_after is not None:
-            # The server's word plus a little spread, so waiting threads don't return at once.
-            return min(self.max_seconds, retry_after) * (1 + 0.1 * rng.random())
+            # The server's word (not our own cap) plus a little spread, so waiting threads
+            # don't all return at once.
+            return min(self.max_retry_after, retry_after) * (1 + 0.1 * rng.random())
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
