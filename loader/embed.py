@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Callable
 
+import numpy as np
 from tqdm import tqdm
 
 from shared.embedders.base import (
@@ -32,6 +33,9 @@ from shared.storage import Storage
 from shared.store import Claim, ImageStore
 
 LEASE_SECONDS = 300.0
+# Results are written in groups; a killed worker loses (and a later one redoes) at most these.
+FLUSH_ROWS = 64
+FLUSH_SECONDS = 1.0
 FATAL = (DimensionMismatch, EmbedderUnavailable)  # every other item would fail the same way
 
 
@@ -119,6 +123,9 @@ class _Backfill:
         self.options, self.report = options, report
         self.batch_size = max(1, int(getattr(embedder, "batch_size", 1)))
         self.pending: dict[Future, list[Claim]] = {}
+        self.to_save: list[tuple[Claim, np.ndarray]] = []
+        self.to_fail: list[tuple[Claim, EmbeddingError]] = []
+        self.flushed = time.monotonic()
         self.claimed = 0
         self.exhausted = False
         self.renew_every = max(0.2, options.lease_seconds / 3)
@@ -135,19 +142,26 @@ class _Backfill:
                 self._top_up(pool)
                 if not self.pending:
                     break
-                done, _ = wait(self.pending, timeout=self.renew_every, return_when=FIRST_COMPLETED)
+                timeout = min(self.renew_every, FLUSH_SECONDS)
+                done, _ = wait(self.pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
                     self._finish(future, self.pending.pop(future))
+                self._flush()
                 self._renew_if_due()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            self._flush(force=True)
             self._db(self.store.release_claims, self.report.worker)  # whatever was not finished
 
     def _top_up(self, pool: ThreadPoolExecutor) -> None:
-        """Lease more work while fewer than two batches per job are waiting."""
-        room = 2 * self.options.jobs - len(self.pending)
-        if self.exhausted or self.report.error or room <= 0:
+        """Once no more than one batch per job is left, lease enough for two per job.
+
+        Leasing in steps of `jobs` batches keeps the database calls few, and the leases
+        short-lived enough that none sits long unworked.
+        """
+        if self.exhausted or self.report.error or len(self.pending) > self.options.jobs:
             return
+        room = 2 * self.options.jobs - len(self.pending)
         want = room * self.batch_size
         if self.options.limit is not None:
             want = min(want, self.options.limit - self.claimed)
@@ -163,24 +177,33 @@ class _Backfill:
             self.pending[pool.submit(_embed_batch, self.embedder, self.storage, batch)] = batch
 
     def _finish(self, future: Future, batch: list[Claim]) -> None:
-        """Write one finished batch back: vectors, per-image errors, or stop on a fatal error."""
+        """Queue one finished batch's vectors and per-image errors, or stop on a fatal error."""
         try:
             vectors, errors = future.result()
         except FATAL as exc:
             self._stop(str(exc))
             return
-        if vectors:
+        self.to_save.extend((batch[i], v) for i, v in vectors.items())
+        self.to_fail.extend((batch[i], e) for i, e in errors.items())
+
+    def _flush(self, force: bool = False) -> None:
+        """Write queued results in one statement each, once enough have gathered or waited."""
+        waited = time.monotonic() - self.flushed
+        if not force and len(self.to_save) + len(self.to_fail) < FLUSH_ROWS and waited < FLUSH_SECONDS:
+            return
+        if self.to_save:
             saved = self._db(self.store.save_embeddings, self.report.worker, self.embedder.model_id,
-                             [(batch[i].id, v) for i, v in vectors.items()], reembed=self.options.reembed)
-            leads = {batch[i].filename for i in vectors}
+                             [(c.id, v) for c, v in self.to_save], reembed=self.options.reembed)
+            leads = {c.filename for c, _ in self.to_save}
             self.report.embedded += sum(name in leads for name in saved)
             self.report.shared += sum(name not in leads for name in saved)
             self._advance(len(saved))
-        if errors:
+        if self.to_fail:
             failed = self._db(self.store.record_failures, self.report.worker,
-                              [(batch[i].id, str(e), int(getattr(e, "attempts", 1))) for i, e in errors.items()])
+                              [(c.id, str(e), int(getattr(e, "attempts", 1))) for c, e in self.to_fail])
             self.report.failed.extend({"file": name, "error": error} for name, error in failed)
             self._advance(len(failed))
+        self.to_save, self.to_fail, self.flushed = [], [], time.monotonic()
 
     def _stop(self, why: str) -> None:
         """Claim nothing more and drop batches not yet started; running ones still finish."""

@@ -90,7 +90,8 @@ MIGRATIONS = (
     "CREATE INDEX IF NOT EXISTS image_embeddings_created_idx ON image_embeddings (created_at DESC, id DESC)",
     """CREATE INDEX IF NOT EXISTS image_embeddings_embedding_hnsw
         ON image_embeddings USING hnsw (embedding vector_cosine_ops)""",
-    # v2: the embedding backfill finds work without scanning embedded rows.
+    # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
+    "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -115,11 +116,6 @@ def _todo(alias: str) -> str:
 def _free(alias: str) -> str:
     """SQL: no live lease holds the row."""
     return f"({alias}.claimed_by IS NULL OR {alias}.claim_expires_at < now())"
-
-
-def _vector_text(vector: np.ndarray) -> str:
-    """pgvector's text form; an array of these casts to vector[] in one parameter."""
-    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
 class ImageStore:
@@ -355,7 +351,8 @@ class ImageStore:
                   AND (t.claimed_by = %(worker)s OR ({_free('t')} AND {_missing('t')}))
                 RETURNING t.filename""",
             {"model": model_id, "worker": worker_id, "reembed": reembed,
-             "ids": [row_id for row_id, _ in vectors], "vectors": [_vector_text(v) for _, v in vectors]},
+             "ids": [row_id for row_id, _ in vectors],
+             "vectors": [np.asarray(v, dtype=np.float32) for _, v in vectors]},
         ).fetchall()
         return [name for (name,) in rows]
 
