@@ -15,6 +15,8 @@ from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
 from shared.store import ImageStore, SchemaError
 
+from .embed import BACKENDS
+
 APP_DIR = Path(__file__).resolve().parent
 
 
@@ -123,7 +125,7 @@ def _print_sync_summary(report) -> None:
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(["replicate"]), default="replicate", show_default=True,
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="replicate", show_default=True,
               help="Which embedding model computes the vectors.")
 @click.option("--reembed", is_flag=True, help="Also redo rows embedded by another model.")
 @click.option("--retry-failed", is_flag=True, help="Also retry rows whose embedding failed before.")

@@ -134,8 +134,9 @@ class _Backfill:
 
     def run(self) -> None:
         """Work until nothing is left to claim or a fatal error stops the run."""
-        self.report.shared += len(self._db(self.store.fill_shared_embeddings, self.embedder.model_id,
-                                           reembed=self.options.reembed))
+        filled = self._db(self.store.fill_shared_embeddings, self.embedder.model_id, reembed=self.options.reembed)
+        self.report.shared += len(filled)
+        self._advance(len(filled))
         pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="embed")
         try:
             while True:
