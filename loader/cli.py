@@ -15,6 +15,8 @@ from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
 from shared.store import ImageStore, SchemaError
 
+from .embed import BACKENDS
+
 APP_DIR = Path(__file__).resolve().parent
 
 
@@ -120,6 +122,58 @@ def _print_sync_summary(report) -> None:
     )
     for failure in report.failed:
         click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="replicate", show_default=True,
+              help="Which embedding model computes the vectors.")
+@click.option("--reembed", is_flag=True, help="Also redo rows embedded by another model.")
+@click.option("--retry-failed", is_flag=True, help="Also retry rows whose embedding failed before.")
+@click.option("--limit", type=click.IntRange(min=1), help="Embed at most this many distinct images.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Predictions in flight at once.")
+@click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds a claimed row stays reserved for this worker without renewal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_context
+def embed(app: Context, backend: str, reembed: bool, retry_failed: bool, limit: int | None,
+          jobs: int, lease_seconds: float, as_json: bool) -> None:
+    """Compute the embeddings that are missing, a few at a time.
+
+    Any number of workers, on any number of machines, can run at once: each image is
+    embedded once, and a killed worker's images are taken up again after its lease.
+    Exits with status 1 when any image failed or the run had to stop.
+    """
+    from shared.embedders.base import EmbeddingError
+
+    from .embed import EmbedOptions, make_embedder, run_embed
+
+    try:
+        embedder = make_embedder(backend, app.settings)
+    except EmbeddingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _ensure_schema(app)
+    options = EmbedOptions(jobs=jobs, limit=limit, reembed=reembed, retry_failed=retry_failed,
+                           lease_seconds=lease_seconds)
+    report = run_embed(app.store, embedder, open_storage(app.settings), options,
+                       progress=False if as_json else None)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        _print_embed_summary(report)
+    if report.failed or report.error:
+        sys.exit(1)
+
+
+def _print_embed_summary(report) -> None:
+    click.echo(
+        f"embedded {report.embedded} with {report.model}, shared with identical images {report.shared}, "
+        f"failed {len(report.failed)} ({report.seconds:.1f} s, {report.per_minute:.0f} images/min)"
+    )
+    for failure in report.failed:
+        click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
+    if report.error:
+        click.echo(f"Error: stopped early: {report.error}", err=True)
 
 
 @main.command()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, TypedDict
 
+import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
 
 
@@ -50,6 +51,16 @@ class SchemaReport:
     schema_version: int
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A row claimed for embedding: `lead` rows are embedded, the others share their vector."""
+
+    id: int
+    filename: str
+    sha256: str | None
+    lead: bool
+
+
 # Each step is idempotent, so a half-upgraded table (a killed run, an older release) is
 # finished by running them all again. `{dim}` is the only thing formatted in.
 MIGRATIONS = (
@@ -79,6 +90,9 @@ MIGRATIONS = (
     "CREATE INDEX IF NOT EXISTS image_embeddings_created_idx ON image_embeddings (created_at DESC, id DESC)",
     """CREATE INDEX IF NOT EXISTS image_embeddings_embedding_hnsw
         ON image_embeddings USING hnsw (embedding vector_cosine_ops)""",
+    # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
+    "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
+    "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
@@ -86,6 +100,22 @@ MIGRATIONS = (
         updated_at timestamptz NOT NULL DEFAULT now()
     )""",
 )
+
+
+def _missing(alias: str) -> str:
+    """SQL: the row has no embedding by the current model (when reembedding) or none at all."""
+    return (f"({alias}.embedding IS NULL OR (%(reembed)s AND "
+            f"{alias}.embedding_model IS DISTINCT FROM %(model)s))")
+
+
+def _todo(alias: str) -> str:
+    """SQL: the row is missing an embedding and has not failed, unless failures are retried."""
+    return f"({_missing(alias)} AND ({alias}.last_error IS NULL OR %(retry)s))"
+
+
+def _free(alias: str) -> str:
+    """SQL: no live lease holds the row."""
+    return f"({alias}.claimed_by IS NULL OR {alias}.claim_expires_at < now())"
 
 
 class ImageStore:
@@ -227,6 +257,135 @@ class ImageStore:
                 ).fetchall()
             }
         return [key for key in keys if key not in still_used]
+
+    # --- embedding backfill -----------------------------------------------------
+    # A row is "to do" when it has no embedding (or, with reembed, one by another model) and
+    # has not failed (unless retrying failures); it is "free" when no live lease holds it.
+    # Content is embedded once: only the lowest-id row to do of each SHA-256 is a lead.
+
+    def count_to_embed(self, model_id: str, *, reembed: bool = False, retry_failed: bool = False) -> int:
+        """How many rows are to do and free right now."""
+        return self.conn.execute(
+            f"SELECT count(*) FROM image_embeddings e WHERE {_todo('e')} AND {_free('e')}",
+            {"model": model_id, "reembed": reembed, "retry": retry_failed},
+        ).fetchone()[0]
+
+    def fill_shared_embeddings(self, model_id: str, *, reembed: bool = False) -> list[str]:
+        """Give rows to do the vector this model already made for the same content."""
+        rows = self.conn.execute(
+            f"""UPDATE image_embeddings t
+                SET embedding = s.embedding, embedding_model = s.embedding_model,
+                    embedded_at = now(), last_error = NULL, updated_at = now()
+                FROM (SELECT DISTINCT ON (e.sha256) e.sha256, e.embedding, e.embedding_model
+                      FROM image_embeddings e
+                      WHERE e.embedding_model = %(model)s AND e.embedding IS NOT NULL
+                        AND e.sha256 IN (SELECT w.sha256 FROM image_embeddings w
+                                         WHERE {_missing('w')} AND {_free('w')})
+                      ORDER BY e.sha256, e.embedded_at DESC) s
+                WHERE t.sha256 = s.sha256 AND {_missing('t')} AND {_free('t')}
+                RETURNING t.filename""",
+            {"model": model_id, "reembed": reembed},
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def claim_batch(
+        self, worker_id: str, n: int, *, lease_seconds: float, model_id: str,
+        reembed: bool = False, retry_failed: bool = False,
+    ) -> list[Claim]:
+        """Lease up to `n` contents to embed, each as its lead row plus the rows sharing it.
+
+        `FOR UPDATE SKIP LOCKED` lets any number of workers claim at once without waiting
+        on or taking each other's rows; a lease that is not renewed expires, so the work of
+        a killed worker is claimed again later.
+        """
+        rows = self.conn.execute(
+            f"""WITH picked AS (
+                    SELECT e.id, e.sha256 FROM image_embeddings e
+                    WHERE {_todo('e')} AND {_free('e')}
+                      AND NOT EXISTS (
+                          SELECT 1 FROM image_embeddings o
+                          WHERE o.sha256 = e.sha256 AND o.id <> e.id
+                            AND ((o.id < e.id AND {_todo('o')} AND {_free('o')})
+                                 OR (o.claimed_by IS NOT NULL AND o.claim_expires_at >= now())))
+                    ORDER BY e.id
+                    LIMIT %(n)s
+                    FOR UPDATE OF e SKIP LOCKED)
+                UPDATE image_embeddings t
+                SET claimed_by = %(worker)s,
+                    claim_expires_at = now() + make_interval(secs => %(lease)s)
+                FROM picked
+                WHERE t.id = picked.id
+                   OR (t.sha256 = picked.sha256 AND {_todo('t')} AND {_free('t')})
+                RETURNING t.id, t.filename, t.sha256, t.id = picked.id""",
+            {"worker": worker_id, "n": n, "lease": float(lease_seconds), "model": model_id,
+             "reembed": reembed, "retry": retry_failed},
+        ).fetchall()
+        return sorted((Claim(*row) for row in rows), key=lambda c: (not c.lead, c.id))
+
+    def extend_claims(self, worker_id: str, lease_seconds: float) -> int:
+        """Renew every lease this worker holds; return how many rows it still holds."""
+        return self.conn.execute(
+            """UPDATE image_embeddings SET claim_expires_at = now() + make_interval(secs => %s)
+               WHERE claimed_by = %s""",
+            (float(lease_seconds), worker_id),
+        ).rowcount
+
+    def save_embeddings(
+        self, worker_id: str, model_id: str, vectors: list[tuple[int, np.ndarray]], *, reembed: bool = False,
+    ) -> list[str]:
+        """Store each lead's vector on it and on every row of the same content still missing one.
+
+        Rows that another worker holds a live lease on are left to it. Returns the filenames
+        written, and releases their claims.
+        """
+        if not vectors:
+            return []
+        rows = self.conn.execute(
+            f"""UPDATE image_embeddings t
+                SET embedding = d.embedding, embedding_model = %(model)s, embedded_at = now(),
+                    last_error = NULL, claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
+                FROM (SELECT e.id, e.sha256, v.embedding
+                      FROM unnest(%(ids)s::bigint[], %(vectors)s::vector[]) AS v(id, embedding)
+                      JOIN image_embeddings e ON e.id = v.id) d
+                WHERE (t.id = d.id OR t.sha256 = d.sha256)
+                  AND (t.claimed_by = %(worker)s OR ({_free('t')} AND {_missing('t')}))
+                RETURNING t.filename""",
+            {"model": model_id, "worker": worker_id, "reembed": reembed,
+             "ids": [row_id for row_id, _ in vectors],
+             "vectors": [np.asarray(v, dtype=np.float32) for _, v in vectors]},
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def record_failures(self, worker_id: str, failures: list[tuple[int, str, int]]) -> list[tuple[str, str]]:
+        """Store (lead id, error, attempts made) on each lead and the rows of its content this
+        worker holds, releasing them; return (filename, error) of each row marked failed."""
+        if not failures:
+            return []
+        rows = self.conn.execute(
+            """UPDATE image_embeddings t
+               SET last_error = d.error, attempts = t.attempts + d.attempts,
+                   claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
+               FROM (SELECT e.id, e.sha256, f.error, f.attempts
+                     FROM unnest(%s::bigint[], %s::text[], %s::int[]) AS f(id, error, attempts)
+                     JOIN image_embeddings e ON e.id = f.id) d
+               WHERE (t.id = d.id OR t.sha256 = d.sha256) AND t.claimed_by = %s
+               RETURNING t.filename, d.error""",
+            ([f[0] for f in failures], [f[1] for f in failures], [f[2] for f in failures], worker_id),
+        ).fetchall()
+        return [(name, error) for name, error in rows]
+
+    def release_claims(self, worker_id: str, ids: list[int] | None = None) -> int:
+        """Give back this worker's leases (all, or those on `ids`) without recording anything."""
+        if ids is None:
+            return self.conn.execute(
+                "UPDATE image_embeddings SET claimed_by = NULL, claim_expires_at = NULL WHERE claimed_by = %s",
+                (worker_id,),
+            ).rowcount
+        return self.conn.execute(
+            """UPDATE image_embeddings SET claimed_by = NULL, claim_expires_at = NULL
+               WHERE claimed_by = %s AND id = ANY(%s)""",
+            (worker_id, ids),
+        ).rowcount
 
     # --- status -----------------------------------------------------------------
 

@@ -25,6 +25,24 @@ class DimensionMismatch(EmbeddingError):
         self.expected = expected
 
 
+class EmbedderUnavailable(EmbeddingError):
+    """The backend refuses every request (credentials, unknown model): stop, don't retry."""
+
+
+class PartialFailure(EmbeddingError):
+    """Some items of a batch failed; the others' vectors are still good.
+
+    `vectors` and `errors` are keyed by the item's index in the batch, so a caller can keep
+    the good ones and report each bad one on its own.
+    """
+
+    def __init__(self, vectors: dict[int, np.ndarray], errors: dict[int, EmbeddingError]) -> None:
+        first = next(iter(errors.values()), None)
+        super().__init__(f"{len(errors)} of {len(vectors) + len(errors)} items failed: {first}")
+        self.vectors = vectors
+        self.errors = errors
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """One stored image as an embedder may need it: a public URL or its bytes."""

@@ -1,0 +1,244 @@
+"""`loader embed`: the leased backfill, on a real Postgres, against a local Replicate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fake_replicate import TOKEN, FakeReplicate, fake_vector, unit
+
+from loader.cli import main
+from loader.embed import EmbedOptions, run_embed
+from shared.database import connect
+from shared.embedders.replicate import ReplicateEmbedder
+from shared.embedders.retry import Backoff
+from shared.storage import LocalStorage, R2Storage
+from shared.settings import R2Settings
+from shared.store import ImageRecord, ImageStore
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
+
+
+@pytest.fixture
+def server():
+    fake = FakeReplicate().start()
+    fake.retry_after = "0.2"
+    yield fake
+    fake.stop()
+
+
+def make_embedder(server: FakeReplicate, **kwargs) -> ReplicateEmbedder:
+    values = dict(base_url=server.url, backoff=Backoff(3, 0.01, 0.05), max_per_minute=60_000, poll_interval=0.01)
+    return ReplicateEmbedder(TOKEN, **{**values, **kwargs})
+
+
+def seed(store: ImageStore, images_dir: Path, contents: dict[str, bytes]) -> dict[str, bytes]:
+    """Write files and their rows, as `loader sync` would."""
+    records = []
+    for name, data in contents.items():
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (images_dir / name).write_bytes(data)
+        records.append(ImageRecord(name, 1, 1, len(data), hashlib.sha256(data).hexdigest(), "JPEG", 0, None))
+    store.upsert_images(records)
+    return contents
+
+
+def rows(store: ImageStore) -> dict[str, dict]:
+    result = store.conn.execute(
+        """SELECT filename, embedding, embedding_model, embedded_at, last_error, attempts, claimed_by
+           FROM image_embeddings"""
+    ).fetchall()
+    keys = ("embedding", "model", "embedded_at", "last_error", "attempts", "claimed_by")
+    found = {r[0]: dict(zip(keys, r[1:])) for r in result}
+    for row in found.values():
+        if row["embedding"] is not None:
+            row["embedding"] = row["embedding"].to_numpy()
+    return found
+
+
+def storage_for(settings) -> LocalStorage:
+    return LocalStorage(settings.images_dir, settings.thumbnails_dir)
+
+
+def many(n: int, duplicates_every: int = 0) -> dict[str, bytes]:
+    return {f"img{i:04d}.jpg": f"pixels {i % duplicates_every if duplicates_every else i}".encode() for i in range(n)}
+
+
+def test_full_backfill_embeds_every_row_once_and_shares_duplicates(store, settings, server):
+    contents = seed(store, settings.images_dir, {**many(12), "copy/of-img0003.jpg": b"pixels 3"})
+    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=4), progress=False)
+    assert (report.embedded, report.shared, report.failed, report.error) == (12, 1, [], None)
+    assert report.db_seconds > 0
+    assert set(server.predicted.values()) == {1} and len(server.predicted) == 12
+    for name, row in rows(store).items():
+        expected = unit(fake_vector(server.file_key(contents[name])))
+        np.testing.assert_allclose(row["embedding"], expected, rtol=1e-5)
+        assert row["model"] == MODEL and row["embedded_at"] is not None and row["claimed_by"] is None
+    again = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert (again.embedded, again.shared) == (0, 0)
+    assert store.counts() == {"images": 13, "embedded": 13, "waiting": 0, "failed": 0}
+
+
+def test_new_copy_of_an_embedded_image_gets_its_vector_without_a_prediction(store, settings, server):
+    seed(store, settings.images_dir, {"a.jpg": b"same"})
+    run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    seed(store, settings.images_dir, {"b.jpg": b"same"})
+    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert (report.embedded, report.shared) == (0, 1) and server.stats["creates"] == 1
+    r = rows(store)
+    np.testing.assert_array_equal(r["a.jpg"]["embedding"], r["b.jpg"]["embedding"])
+
+
+def test_public_urls_are_sent_when_storage_is_r2(store, settings, server, s3_endpoint):
+    seed(store, settings.images_dir, {"trip/beach 1.jpg": b"sand"})
+    r2 = R2Storage(R2Settings("acct", "key", "secret", "bucket", "photos/", s3_endpoint), "https://img.example")
+    run_embed(store, make_embedder(server), r2, progress=False)
+    url = "https://img.example/photos/trip/beach%201.jpg"
+    assert server.predicted == {url: 1} and server.stats["uploads"] == 0
+    np.testing.assert_allclose(rows(store)["trip/beach 1.jpg"]["embedding"], unit(fake_vector(url)), rtol=1e-5)
+
+
+def test_transient_faults_are_survived(store, settings, server):
+    seed(store, settings.images_dir, many(6))
+    for fault in ("throttle", "error500", "malformed", "throttle"):
+        server.queue(fault)
+    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
+    assert (report.embedded, report.failed) == (6, [])
+    assert server.stats["throttled"] == 2 and store.counts()["embedded"] == 6
+
+
+def test_a_failing_image_is_recorded_and_its_neighbours_are_not_held_up(store, settings, server):
+    contents = seed(store, settings.images_dir, many(5))
+    server.fail_when = (server.file_key(contents["img0002.jpg"]),)
+    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert report.embedded == 4 and [f["file"] for f in report.failed] == ["img0002.jpg"]
+    bad = rows(store)["img0002.jpg"]
+    assert bad["embedding"] is None and "could not read" in bad["last_error"] and bad["attempts"] == 1
+    assert store.counts()["failed"] == 1
+
+    assert run_embed(store, make_embedder(server), storage_for(settings), progress=False).failed == []
+    server.fail_when = ()
+    retried = run_embed(store, make_embedder(server), storage_for(settings),
+                        EmbedOptions(retry_failed=True), progress=False)
+    assert retried.embedded == 1 and rows(store)["img0002.jpg"]["last_error"] is None
+
+
+def test_gives_up_after_n_attempts_and_says_why(store, settings, server):
+    seed(store, settings.images_dir, {"a.jpg": b"a"})
+    server.queue("error500", times=3)
+    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    row = rows(store)["a.jpg"]
+    assert len(report.failed) == 1 and row["attempts"] == 3
+    assert row["last_error"].startswith("gave up after 3 attempts") and "HTTP 500" in row["last_error"]
+
+
+def test_dimension_mismatch_stores_nothing_and_says_why(store, settings, server):
+    seed(store, settings.images_dir, many(8))
+    server.dim = 512
+    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
+    assert "512" in report.error and "768" in report.error and report.embedded == 0
+    assert all(r["embedding"] is None and r["last_error"] is None and r["claimed_by"] is None
+               and r["attempts"] == 0 for r in rows(store).values())
+
+
+def test_reembed_and_limit(store, settings, server):
+    seed(store, settings.images_dir, many(6))
+    store.conn.execute(
+        "UPDATE image_embeddings SET embedding = %s, embedding_model = 'old/model' WHERE filename < 'img0003'",
+        (np.ones(768, dtype=np.float32),),
+    )
+    limited = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(limit=2), progress=False)
+    assert limited.embedded == 2
+    plain = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert plain.embedded == 1 and {r["model"] for r in rows(store).values()} == {"old/model", MODEL}
+    redone = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(reembed=True), progress=False)
+    assert redone.embedded == 3 and {r["model"] for r in rows(store).values()} == {MODEL}
+
+
+def test_two_workers_in_parallel_embed_each_content_once(db_url, store, settings, server):
+    contents = seed(store, settings.images_dir, many(80, duplicates_every=50))
+    server.latency = 0.02
+    reports = []
+
+    def worker() -> None:
+        conn = connect(db_url)
+        try:
+            reports.append(run_embed(ImageStore(conn), make_embedder(server), storage_for(settings),
+                                     EmbedOptions(jobs=3), progress=False))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.embedded > 0 and r.failed == [] for r in reports)
+    assert sum(r.embedded for r in reports) == 50 and sum(r.shared for r in reports) == 30
+    assert len(server.predicted) == 50 and set(server.predicted.values()) == {1}
+    for name, row in rows(store).items():
+        np.testing.assert_allclose(row["embedding"], unit(fake_vector(server.file_key(contents[name]))), rtol=1e-5)
+
+
+def loader_env(settings, server: FakeReplicate) -> dict[str, str]:
+    return {
+        **os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'mlx-local'}",
+        "SUPABASE_DB_URL": settings.database_url, "IMAGES_DIR": str(settings.images_dir),
+        "DATA_DIR": str(settings.data_dir), "REPLICATE_API_TOKEN": TOKEN,
+        "REPLICATE_BASE_URL": server.url, "REPLICATE_POLL_INTERVAL": "0.02", "REPLICATE_MAX_PER_MINUTE": "60000",
+    }
+
+
+def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(store, settings, server):
+    seed(store, settings.images_dir, many(12))
+    server.latency = 0.4
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loader", "embed", "--jobs", "2", "--lease", "2", "--json"],
+        env=loader_env(settings, server), cwd=settings.data_dir.parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while store.counts()["embedded"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = rows(store)
+    done_before = {name: r["embedded_at"] for name, r in before.items() if r["embedding"] is not None}
+    held = {name for name, r in before.items() if r["claimed_by"] is not None}
+    assert len(done_before) >= 3 and held, "the worker should die holding claims"
+
+    at_once = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert at_once.embedded == 12 - len(done_before) - len(held)  # the dead worker's leases still hold
+    time.sleep(2.1)
+    later = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    assert later.embedded == len(held) and later.failed == []
+
+    after = rows(store)
+    assert all(r["embedding"] is not None and r["claimed_by"] is None for r in after.values())
+    assert {name: after[name]["embedded_at"] for name in done_before} == done_before
+    embedded_keys = {server.file_key(f"pixels {int(name[3:7])}".encode()) for name in done_before}
+    assert all(server.predicted[key] == 1 for key in embedded_keys)
+
+
+def test_cli_json_summary_and_exit_codes(settings, server, store):
+    contents = seed(store, settings.images_dir, many(3))
+    server.fail_when = (server.file_key(contents["img0001.jpg"]),)
+    env = {k: v for k, v in loader_env(settings, server).items() if k != "PYTHONPATH"}
+    result = CliRunner().invoke(main, ["embed", "--json"], env=env)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["embedded"] == 2 and summary["failed"][0]["file"] == "img0001.jpg"
+
+    result = CliRunner().invoke(main, ["embed"], env={**env, "REPLICATE_API_TOKEN": ""})
+    assert result.exit_code == 1 and "REPLICATE_API_TOKEN is not set" in result.output
