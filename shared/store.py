@@ -331,7 +331,8 @@ class ImageStore:
         ).fetchone()
         if row is None or row[0] is None:
             return None
-        return np.asarray(row[0], dtype=np.float32)
+        value = row[0]
+        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
     def nearest(
         self, vector: np.ndarray, k: int, *, ef_search: int = 100, exclude_id: int | None = None,
