@@ -46,7 +46,7 @@ def create_app(
     `make_text_embedder` finds (pass None to turn search off). `test_config` overrides
     DEFAULTS, which may also be set as BROWSE_<NAME> environment variables.
     """
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the blueprint serves /static/browse/
     app.config.update(DEFAULTS)
     if test_config is None:
         app.config.from_prefixed_env("BROWSE")

@@ -10,7 +10,7 @@ from . import library, media
 from .library import bounded_int
 from .runtime import BadUpload, EmbedFailed, EmbedTimeout, SearchUnavailable, get_browse
 
-bp = Blueprint("browse", __name__, template_folder="templates", static_folder="static",
+bp = Blueprint("browse", __name__, template_folder="templates", static_folder="static/browse",
                static_url_path="/static/browse")
 
 
