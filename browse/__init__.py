@@ -20,7 +20,7 @@ APP_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "PAGE_SIZE": 60,  # library page, pages and API
+    "PAGE_SIZE": 30,  # a first screen of thumbnails under 1.5 MB (docs/benchmarks.md)
     "MAX_PAGE_SIZE": 200,
     "SEARCH_K": 60,  # results of a text or image search on the pages
     "SIMILAR_K": 24,
@@ -47,13 +47,13 @@ def create_app(
     DEFAULTS, which may also be set as BROWSE_<NAME> environment variables.
     """
     app = Flask(__name__, static_folder=None)  # the blueprint serves /static/browse/
+    if settings is None:
+        settings = load_settings(APP_DIR)  # loads browse/.env first, so BROWSE_* there count too
     app.config.update(DEFAULTS)
     if test_config is None:
         app.config.from_prefixed_env("BROWSE")
     else:
         app.config.update(test_config)
-    if settings is None:
-        settings = load_settings(APP_DIR)
     if embedder is _NO_EMBEDDER:
         from shared.embedders.factory import make_text_embedder
 
