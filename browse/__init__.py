@@ -20,7 +20,7 @@ APP_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "PAGE_SIZE": 30,  # a first screen of thumbnails under 1.5 MB (docs/benchmarks.md)
+    "PAGE_SIZE": 24,  # a first screen of thumbnails under 1.5 MB (docs/benchmarks.md)
     "MAX_PAGE_SIZE": 200,
     "SEARCH_K": 60,  # results of a text or image search on the pages
     "SIMILAR_K": 24,
@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "EMBED_WORKERS": 4,
     "MAX_UPLOAD_BYTES": 20 * 1024 * 1024,
     "DB_POOL_SIZE": 8,
+    "SUMMARY_TTL_S": 10.0,  # the home page's image counts are a full scan: reuse them briefly
 }
 
 _NO_EMBEDDER = object()
@@ -80,6 +81,7 @@ def register_browse(app: Flask, settings: Settings, embedder: Embedder | None, r
         embed_timeout_s=float(app.config["EMBED_TIMEOUT_S"]),
         embed_workers=int(app.config["EMBED_WORKERS"]),
         schema_problem=schema_problem,
+        summary_ttl_s=float(app.config["SUMMARY_TTL_S"]),
         table_dimensions=table_dim,
     )
     app.extensions[EXTENSION] = state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -62,6 +63,8 @@ class Browse:
     schema_problem: str | None = None
     table_dimensions: int | None = None
     seen_mismatch: str | None = None
+    summary_ttl_s: float = 10.0
+    _summary: tuple[float, dict[str, int]] | None = field(default=None, init=False, repr=False)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +76,14 @@ class Browse:
         """A store on a pooled connection for the length of a `with` block."""
         with self.pool.connection(timeout=10) as conn:
             yield ImageStore(conn)
+
+    def summary_counts(self) -> dict[str, int]:
+        """Image counts for page headers, at most `summary_ttl_s` old (the status page asks fresh)."""
+        now = time.monotonic()
+        if self._summary is None or now - self._summary[0] > self.summary_ttl_s:
+            with self.store() as store:
+                self._summary = (now, store.counts())
+        return self._summary[1]
 
     def close(self) -> None:
         """Stop the embedder workers and close the pool."""

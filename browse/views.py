@@ -34,11 +34,10 @@ def home():
         return _search_page(query)
     size = bounded_int(request.args.get("limit"), "limit", current_app.config["PAGE_SIZE"],
                        current_app.config["MAX_PAGE_SIZE"])
-    page = library.library_page(size, request.args.get("cursor"))
-    with get_browse().store() as store:
-        counts = store.counts()
-    return render_template("browse/home.html", page=page, counts=counts,
-                           first=not request.args.get("cursor"))
+    cursor = request.args.get("cursor")
+    page = library.library_page(size, cursor)
+    counts = None if cursor else get_browse().summary_counts()
+    return render_template("browse/home.html", page=page, counts=counts, first=not cursor)
 
 
 def _search_page(query: str):

@@ -131,8 +131,8 @@ def test_infinite_scroll_loads_every_page_without_originals(server, watched):
         page.mouse.wheel(0, 5000)
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
         page.wait_for_function(
-            f"document.querySelectorAll('#grid > .box').length > {count} || !!document.getElementById('end')",
-            timeout=5000,
+            "n => document.querySelectorAll('#grid > .box').length > n || !!document.getElementById('end')",
+            arg=count, timeout=5000,
         )
     page.wait_for_selector("#end")
     ids = page.eval_on_selector_all("#grid > .box", "b => b.map(x => x.dataset.id)")

@@ -77,7 +77,7 @@
       }
       // The page may still not fill the screen: look again.
       if (more) { observer.unobserve(more); observer.observe(more); }
-    }, { rootMargin: "600px 0px" });
+    }, { rootMargin: "200px 0px" });
     observer.observe(more);
   }
 
