@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable, TypedDict
 
 import numpy as np
@@ -25,6 +26,34 @@ class KnownFile(TypedDict):
     mtime_ns: int | None
     sha256: str | None
     has_thumbnail: bool
+
+
+class ImageRow(TypedDict):
+    """One image as the pages and the API show it."""
+
+    id: int
+    filename: str
+    width: int | None
+    height: int | None
+    byte_size: int | None
+    sha256: str | None
+    format: str | None
+    mtime_ns: int | None
+    thumbnail_key: str | None
+    created_at: datetime
+    embedded: bool
+    embedding_model: str | None
+
+
+_ROW_COLUMNS = (
+    "id, filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key, "
+    "created_at, embedding IS NOT NULL, embedding_model"
+)
+
+
+def _image_row(row: tuple) -> ImageRow:
+    keys = ImageRow.__annotations__.keys()
+    return ImageRow(**dict(zip(keys, row)))
 
 
 @dataclass(frozen=True)
@@ -399,3 +428,92 @@ class ImageStore:
                FROM image_embeddings"""
         ).fetchone()
         return {"images": row[0], "embedded": row[1], "waiting": row[2], "failed": row[3]}
+
+    # --- browsing and search ----------------------------------------------------
+
+    def list_images(self, limit: int, before: tuple[datetime, int] | None = None) -> list[ImageRow]:
+        """A page of the library, newest first; `before` is the (created_at, id) of the last row seen."""
+        if before is None:
+            rows = self.conn.execute(
+                f"""SELECT {_ROW_COLUMNS} FROM image_embeddings
+                    ORDER BY created_at DESC, id DESC LIMIT %s""",
+                (limit,),
+            ).fetchall()
+        else:
+            # A row comparison walks the (created_at DESC, id DESC) index: no OFFSET, no skipped rows.
+            rows = self.conn.execute(
+                f"""SELECT {_ROW_COLUMNS} FROM image_embeddings
+                    WHERE (created_at, id) < (%s, %s)
+                    ORDER BY created_at DESC, id DESC LIMIT %s""",
+                (before[0], before[1], limit),
+            ).fetchall()
+        return [_image_row(row) for row in rows]
+
+    def get_image(self, image_id: int) -> ImageRow | None:
+        """One row by id, or None."""
+        row = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM image_embeddings WHERE id = %s", (image_id,)
+        ).fetchone()
+        return _image_row(row) if row else None
+
+    def get_image_by_filename(self, filename: str) -> ImageRow | None:
+        """One row by its file name (the storage key), or None."""
+        row = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM image_embeddings WHERE filename = %s", (filename,)
+        ).fetchone()
+        return _image_row(row) if row else None
+
+    def has_thumbnail(self, key: str) -> bool:
+        """Whether any row refers to this thumbnail key."""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM image_embeddings WHERE thumbnail_key = %s)", (key,)
+        ).fetchone()[0]
+
+    def neighbours_in_order(self, image_id: int) -> tuple[int | None, int | None]:
+        """The ids just newer and just older than this image in library order."""
+        row = self.conn.execute(
+            """SELECT
+                 (SELECT n.id FROM image_embeddings n WHERE (n.created_at, n.id) > (i.created_at, i.id)
+                  ORDER BY n.created_at, n.id LIMIT 1),
+                 (SELECT o.id FROM image_embeddings o WHERE (o.created_at, o.id) < (i.created_at, i.id)
+                  ORDER BY o.created_at DESC, o.id DESC LIMIT 1)
+               FROM image_embeddings i WHERE i.id = %s""",
+            (image_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def embedding_of(self, image_id: int) -> np.ndarray | None:
+        """The stored embedding of one image, or None when it has none (yet)."""
+        row = self.conn.execute(
+            "SELECT embedding FROM image_embeddings WHERE id = %s", (image_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        value = row[0]
+        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+    def nearest(
+        self, vector: np.ndarray, k: int, *, ef_search: int = 100, exclude_id: int | None = None,
+        exact: bool = False, timeout_ms: int = 10_000,
+    ) -> list[tuple[ImageRow, float]]:
+        """The `k` rows closest to `vector` by cosine distance, with their distances.
+
+        Uses the HNSW index with `hnsw.ef_search` (at least k); `exact` scans every row instead,
+        for measuring recall.
+        """
+        want = k + (1 if exclude_id is not None else 0)
+        with self.conn.transaction():
+            self.conn.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('statement_timeout', %s, true)",
+                (str(max(ef_search, want)), str(int(timeout_ms))),
+            )
+            if exact:
+                self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+            rows = self.conn.execute(
+                f"""SELECT {_ROW_COLUMNS}, embedding <=> %s AS distance FROM image_embeddings
+                    WHERE embedding IS NOT NULL
+                    ORDER BY embedding <=> %s LIMIT %s""",
+                (vector, vector, want),
+            ).fetchall()
+        found = [(_image_row(row[:-1]), float(row[-1])) for row in rows]
+        return [(r, d) for r, d in found if r["id"] != exclude_id][:k]

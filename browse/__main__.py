@@ -1,0 +1,5 @@
+"""`python -m browse` serves the app."""
+
+from .cli import main
+
+main()

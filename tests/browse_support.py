@@ -1,0 +1,164 @@
+"""Helpers for the browse tests: a word-vector embedder and a small seeded library."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from loader.sync import run_sync
+from shared.database import connect
+from shared.embedders.base import ImageSource
+from shared.settings import Settings
+from shared.storage import open_storage
+from shared.store import ImageStore
+
+DIM = 768
+# Each known word owns one axis; colours of uploaded images land on the same axes as their words.
+VOCAB = {"red": 0, "green": 1, "blue": 2, "bicycle": 3, "snow": 4, "sea": 5, "forest": 6,
+         "car": 7, "cat": 8}
+BIAS_AXIS = 100  # a little of every vector, so an unknown word still has a direction
+HOSTILE = "<img src=x onerror=alert(1)>.jpg"
+
+
+class WordEmbedder:
+    """A deterministic stand-in for CLIP: texts are bags of known words, images their mean colour."""
+
+    model_id = "test/word-vectors"
+    supports_texts = True
+    supports_images = True
+
+    def __init__(self, dimensions: int = DIM, delay_s: float = 0.0, error: str | None = None) -> None:
+        self.dimensions = dimensions
+        self.delay_s = delay_s
+        self.error = error
+        self.calls = 0
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """One unit vector per text: the sum of its known words' axes."""
+        self._work()
+        return np.stack([text_vector(t, self.dimensions) for t in texts])
+
+    def embed_images(self, images: list[ImageSource]) -> np.ndarray:
+        """One unit vector per image: its mean red, green and blue on those words' axes."""
+        self._work()
+        out = []
+        for source in images:
+            with Image.open(io.BytesIO(source.read())) as image:
+                mean = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+            vector = np.zeros(self.dimensions, dtype=np.float32)
+            vector[[VOCAB["red"], VOCAB["green"], VOCAB["blue"]]] = mean / 255.0
+            vector[BIAS_AXIS] = 0.01
+            out.append(vector / np.linalg.norm(vector))
+        return np.stack(out)
+
+    def _work(self) -> None:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.error:
+            raise RuntimeError(self.error)
+
+
+def text_vector(text: str, dimensions: int = DIM) -> np.ndarray:
+    """The unit vector WordEmbedder gives a text."""
+    vector = np.zeros(dimensions, dtype=np.float32)
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in VOCAB:
+            vector[VOCAB[word]] += 1.0
+    vector[BIAS_AXIS] = 0.01
+    return vector / np.linalg.norm(vector)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image of the test library: its size, colour, and the words its embedding is made of."""
+
+    name: str
+    width: int
+    height: int
+    colour: tuple[int, int, int]
+    words: str | None  # None: not embedded yet
+
+
+NAMED = [
+    Picture("red-bicycle-snow.jpg", 900, 600, (200, 30, 30), "red bicycle snow"),
+    Picture("blue-sea.jpg", 600, 900, (30, 60, 200), "blue sea"),
+    Picture("green-forest.png", 1200, 400, (30, 160, 60), "green forest"),
+    Picture("red-car.jpg", 800, 800, (220, 40, 20), "red car"),
+    Picture("cat.jpg", 500, 700, (120, 110, 100), "cat"),
+    Picture(HOSTILE, 640, 480, (90, 90, 140), "cat sea"),
+    Picture("waiting.jpg", 700, 500, (80, 80, 80), None),
+]
+
+
+def fillers(count: int) -> list[Picture]:
+    """Unremarkable pictures of assorted shapes, so the grid has pages to scroll."""
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(count):
+        ratio = float(rng.choice([0.5, 0.66, 0.75, 1.0, 1.33, 1.5, 1.78, 2.4]))
+        height = int(rng.integers(300, 700))
+        colour = tuple(int(c) for c in rng.integers(40, 220, size=3))
+        out.append(Picture(f"filler-{i:03d}.jpg", max(1, int(height * ratio)), height, colour, ""))
+    return out
+
+
+def draw(picture: Picture) -> Image.Image:
+    """A picture with some structure (so thumbnails look like something in screenshots)."""
+    image = Image.new("RGB", (picture.width, picture.height), picture.colour)
+    pen = ImageDraw.Draw(image)
+    w, h = picture.width, picture.height
+    lighter = tuple(min(255, c + 60) for c in picture.colour)
+    pen.ellipse((w * 0.2, h * 0.2, w * 0.8, h * 0.8), fill=lighter)
+    pen.rectangle((0, h * 0.85, w, h), fill=tuple(max(0, c - 40) for c in picture.colour))
+    return image
+
+
+def filler_vector(name: str, dimensions: int = DIM) -> np.ndarray:
+    """A fixed random direction away from the vocabulary's axes."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    vector = np.zeros(dimensions, dtype=np.float32)
+    vector[200:] = rng.normal(size=dimensions - 200)
+    return vector / np.linalg.norm(vector)
+
+
+def build_library(pg_url: str, root: Path, n_fillers: int = 30) -> Settings:
+    """Empty the tables, write the pictures, run the real `loader sync`, then store embeddings."""
+    with connect(pg_url) as conn:
+        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
+    images = root / "images"
+    images.mkdir(parents=True)
+    pictures = fillers(n_fillers) + NAMED  # named last: every row shares one created_at, ids decide
+    for picture in pictures:
+        draw(picture).save(images / picture.name)
+    settings = Settings(images_dir=images, data_dir=root / "data", database_url=pg_url)
+    with connect(pg_url) as conn:
+        store = ImageStore(conn)
+        store.ensure_schema(DIM)
+        report = run_sync(store, open_storage(settings), images, jobs=2,
+                          max_pixels=settings.max_image_pixels, progress=False)
+        assert not report.failed, report.failed
+        for picture in pictures:
+            if picture.words is None:
+                continue
+            vector = text_vector(picture.words) if picture.words else filler_vector(picture.name)
+            conn.execute(
+                """UPDATE image_embeddings SET embedding = %s, embedding_model = 'test/word-vectors',
+                   embedded_at = now() WHERE filename = %s""",
+                (vector, picture.name),
+            )
+    return settings
+
+
+def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small PNG of one colour."""
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()

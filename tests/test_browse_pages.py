@@ -1,0 +1,219 @@
+"""The browse pages in headless Chromium (Debian's `chromium`, driven by Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from browse_support import HOSTILE, WordEmbedder, build_library, png_bytes
+
+from browse import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+PAGE_SIZE = 12
+TOTAL = 37
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's Chromium at /usr/bin/chromium: apt-get install -y chromium",
+)
+
+
+@pytest.fixture(scope="module")
+def server(pg_url, tmp_path_factory):
+    """The app on a seeded library, served by a real HTTP server on a free loopback port."""
+    from werkzeug.serving import make_server
+
+    settings = build_library(pg_url, tmp_path_factory.mktemp("pages"))
+    app = create_app(settings, embedder=WordEmbedder(), test_config={"PAGE_SIZE": PAGE_SIZE})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join(timeout=5)
+    app.extensions["image_browser"].close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page plus what it did that a test may want to refuse: dialogs, CSP errors, requests."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.dialogs: list[str] = []
+        self.console_errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+
+
+@pytest.fixture(params=["desktop", "phone"])
+def watched(request, browser):
+    viewport = DESKTOP if request.param == "desktop" else PHONE
+    context = browser.new_context(viewport=viewport, is_mobile=request.param == "phone",
+                                  has_touch=request.param == "phone")
+    page = Watched(context.new_page())
+    page.kind = request.param
+    yield page
+    context.close()
+    assert page.dialogs == [], "a script ran that should not have"
+    assert page.console_errors == [], page.console_errors  # CSP violations show up here
+
+
+def shot(watched: Watched, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    watched.page.screenshot(path=str(SCREENSHOTS / f"{name}-{watched.kind}.png"), full_page=False)
+
+
+def box_geometry(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#grid > .box",
+        """boxes => boxes.map(b => { const r = b.getBoundingClientRect();
+            return {id: b.dataset.id, w: +b.dataset.w, h: +b.dataset.h, width: r.width,
+                    height: r.height, left: r.left, right: r.right, top: r.top}; })""",
+    )
+
+
+def test_grid_boxes_take_their_images_aspect_ratio(server, watched):
+    page = watched.page
+    page.goto(server + "/")
+    page.wait_for_selector("#grid.justified")
+    page.wait_for_load_state("networkidle")
+    shot(watched, "home")
+    boxes = box_geometry(page)
+    assert len(boxes) >= PAGE_SIZE
+    for box in boxes:
+        assert box["width"] / box["height"] == pytest.approx(box["w"] / box["h"], rel=0.01), box
+    grid_right = page.eval_on_selector("#grid", "g => g.getBoundingClientRect().right")
+    rows: dict[int, list[dict]] = {}
+    for box in boxes:
+        rows.setdefault(round(box["top"]), []).append(box)
+    full_rows = list(rows.values())[:-1]
+    assert full_rows, "expected at least one full row"
+    for row in full_rows:  # justified: every full row reaches the right edge
+        assert max(b["right"] for b in row) == pytest.approx(grid_right, abs=2)
+    loaded = page.eval_on_selector_all("#grid img", "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert loaded >= 1
+
+
+def test_infinite_scroll_loads_every_page_without_originals(server, watched):
+    page = watched.page
+    page.goto(server + "/")
+    page.wait_for_selector("#grid.justified")
+    for _ in range(20):
+        if page.query_selector("#end"):
+            break
+        count = page.eval_on_selector_all("#grid > .box", "b => b.length")
+        page.mouse.wheel(0, 5000)
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        page.wait_for_function(
+            "n => document.querySelectorAll('#grid > .box').length > n || !!document.getElementById('end')",
+            arg=count, timeout=5000,
+        )
+    page.wait_for_selector("#end")
+    ids = page.eval_on_selector_all("#grid > .box", "b => b.map(x => x.dataset.id)")
+    assert len(ids) == TOTAL and len(set(ids)) == TOTAL
+    for box in box_geometry(page):
+        assert box["width"] / box["height"] == pytest.approx(box["w"] / box["h"], rel=0.01)
+    shot(watched, "scrolled")
+    assert not [u for u in watched.requests if "/media/original/" in u], "the grid fetched originals"
+    assert any("cursor=" in u for u in watched.requests)
+
+
+def test_text_search_puts_the_expected_image_first_and_lives_in_the_url(server, watched):
+    page = watched.page
+    page.goto(server + "/")
+    page.fill(".search input", "red bicycle in the snow")
+    page.press(".search input", "Enter")
+    page.wait_for_selector("#grid > .box")
+    assert parse_qs(urlsplit(page.url).query)["q"] == ["red bicycle in the snow"]
+    first = page.query_selector("#grid > .box")
+    assert first.query_selector(".caption").text_content() == "red-bicycle-snow.jpg"
+    assert first.query_selector(".sim").text_content() == "1.000"
+    shot(watched, "search")
+    page.go_back()
+    page.wait_for_selector("#more")
+    assert "q=" not in page.url
+    page.go_forward()
+    page.wait_for_selector(".sim")
+    assert page.input_value(".search input") == "red bicycle in the snow"
+
+
+def test_image_page_shows_details_similar_images_and_keyboard_navigation(server, watched):
+    page = watched.page
+    page.goto(server + "/?q=red+bicycle+snow")
+    page.click("#grid > .box >> nth=0")
+    page.wait_for_selector("#filename")
+    assert page.text_content("#filename") == "red-bicycle-snow.jpg"
+    details = page.text_content(".details")
+    assert "900 × 600 px" in details and "JPEG" in details
+    page.wait_for_load_state("networkidle")
+    first_similar = page.query_selector("#grid > .box .caption").text_content()
+    assert first_similar == "red-car.jpg"
+    shot(watched, "image")
+    here = page.url
+    older = page.get_attribute("#older", "href")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url(re.compile(re.escape(older) + "$"))
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_url(here)
+    page.keyboard.press("Escape")
+    page.wait_for_url(server + "/")
+
+
+def test_search_by_upload_and_by_drop(server, watched):
+    page = watched.page
+    page.goto(server + "/search/image")
+    page.set_input_files("#file", files=[{"name": "query.png", "mimeType": "image/png",
+                                          "buffer": png_bytes((20, 40, 230))}])
+    page.wait_for_selector("#grid > .box")
+    assert page.query_selector("#grid > .box .caption").text_content() == "blue-sea.jpg"
+    shot(watched, "upload")
+    page.goto(server + "/search/image")
+    green = base64.b64encode(png_bytes((30, 200, 40))).decode()
+    page.evaluate(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer(); dt.items.add(new File([bytes], 'drop.png', {type: 'image/png'}));
+            document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""",
+        green,
+    )
+    page.wait_for_selector("#grid > .box")
+    assert page.query_selector("#grid > .box .caption").text_content() == "green-forest.png"
+
+
+def test_hostile_file_name_shows_as_text(server, watched):
+    page = watched.page
+    page.goto(server + f"/?limit=60")
+    captions = page.eval_on_selector_all("#grid .caption", "c => c.map(x => x.textContent)")
+    assert HOSTILE in captions
+    assert page.query_selector("img[src='x']") is None
+    page.click(f"#grid > .box:has(.caption:text-is('{HOSTILE}'))")
+    page.wait_for_selector("#filename")
+    assert page.text_content("#filename") == HOSTILE
+    assert page.title().startswith(HOSTILE)
+    assert page.query_selector("img[src='x']") is None
+    shot(watched, "hostile")
