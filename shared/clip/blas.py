@@ -1,0 +1,132 @@
+"""Make MLX's CPU backend use a fast BLAS on Linux; call before `mlx.core` is imported.
+
+The `mlx[cpu]` wheel links a bundled reference BLAS (`libblas-<hash>.so`, netlib) that
+runs float32 matrix products ~35x slower than OpenBLAS. `libmlx.so` imports plain
+`cblas_sgemm` (and LAPACK `*_`) symbols, and the dynamic linker resolves them in the
+global scope before the library's own dependencies. So loading an OpenBLAS (or MKL,
+BLIS) that exports those names with `RTLD_GLOBAL` before `mlx.core` is imported makes
+MLX call it instead — no LD_PRELOAD, no rebuild.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import logging
+import platform
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The apt package that provides a drop-in OpenBLAS on Debian/Ubuntu.
+APT_PACKAGE = "libopenblas0-pthread"
+REQUIRED_SYMBOL = "cblas_sgemm"
+
+
+@dataclass(frozen=True)
+class BlasInfo:
+    """Which BLAS MLX will call, and whether it is a fast one."""
+
+    name: str
+    path: str | None
+    fast: bool
+    tried: tuple[str, ...] = field(default=())
+
+    def describe(self) -> str:
+        """One line for logs and benchmarks."""
+        where = f" ({self.path})" if self.path else ""
+        return f"{self.name}{where}"
+
+
+_lock = threading.Lock()
+_loaded: BlasInfo | None = None
+_handles: list[ctypes.CDLL] = []  # kept alive: unloading would leave MLX with dangling symbols
+
+
+def candidate_paths() -> list[str]:
+    """Shared libraries worth trying, best first: OpenBLAS, then MKL, then BLIS."""
+    machine = platform.machine()
+    prefixes = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
+    names: list[str] = []
+    for prefix in prefixes:  # a conda or pip-installed library beside this Python
+        names += [str(prefix / "libopenblas.so.0"), str(prefix / "libopenblas.so")]
+    names += [
+        f"/usr/lib/{machine}-linux-gnu/openblas-pthread/libopenblas.so.0",  # Debian/Ubuntu
+        f"/usr/lib/{machine}-linux-gnu/openblas-openmp/libopenblas.so.0",
+        f"/usr/lib/{machine}-linux-gnu/libopenblas.so.0",
+        "/usr/lib64/libopenblasp.so.0",  # Fedora: the pthreads build
+        "/usr/lib64/libopenblas.so.0",
+        "/usr/lib/libopenblas.so.0",  # Arch, Alpine
+    ]
+    names += [found for lib in ("openblas",) if (found := ctypes.util.find_library(lib))]
+    for prefix in prefixes:
+        names += sorted(glob.glob(str(prefix / "libmkl_rt.so*")))
+    names += [found for lib in ("mkl_rt", "blis") if (found := ctypes.util.find_library(lib))]
+    names += [f"/usr/lib/{machine}-linux-gnu/blis-pthread/libblis.so.4"]
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def _kind(path: str) -> str:
+    base = Path(path).name
+    for kind in ("openblas", "mkl", "blis"):
+        if kind in base:
+            return kind
+    return "blas"
+
+
+def _try_load(path: str) -> ctypes.CDLL | None:
+    if path.startswith("/") and not Path(path).exists():
+        return None
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None
+    return lib if hasattr(lib, REQUIRED_SYMBOL) else None
+
+
+def load_fast_blas(candidates: list[str] | None = None) -> BlasInfo:
+    """Load the first fast BLAS found into the global symbol scope, once per process."""
+    global _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        _loaded = _find(candidates)
+        if not _loaded.fast and sys.platform.startswith("linux"):
+            log.warning(
+                "no fast BLAS found for MLX (tried %d libraries): float32 matrix products run "
+                "~35x slower; install it with `apt-get install %s` (Debian/Ubuntu)",
+                len(_loaded.tried),
+                APT_PACKAGE,
+            )
+        elif _loaded.path:
+            log.info("MLX uses %s", _loaded.describe())
+        return _loaded
+
+
+def _find(candidates: list[str] | None) -> BlasInfo:
+    if sys.platform == "darwin":
+        return BlasInfo("Accelerate", None, fast=True)  # MLX links Apple's own there
+    if not sys.platform.startswith("linux"):
+        return BlasInfo("bundled", None, fast=False)
+    if "mlx.core" in sys.modules:
+        # Too late to change what it binds to; say so instead of claiming success.
+        log.warning("mlx.core was imported before shared.clip.blas; its BLAS stays as it is")
+        return BlasInfo("unknown (mlx.core imported first)", None, fast=False)
+    tried = tuple(candidates if candidates is not None else candidate_paths())
+    for path in tried:
+        lib = _try_load(path)
+        if lib is not None:
+            _handles.append(lib)
+            return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tried)
+    return BlasInfo("bundled reference BLAS", None, fast=False, tried=tried)
+
+
+def _real_path(path: str) -> str:
+    """The file a soname resolved to, for honest reporting."""
+    if path.startswith("/"):
+        return str(Path(path).resolve())
+    return path
