@@ -80,7 +80,7 @@ def hf_tokenizer(clip_vocab_dir):
 
 @pytest.fixture(scope="session")
 def clip_tokenizer_dir(tmp_path_factory, hf_tokenizer) -> Path:
-    """A folder with tokenizer.json as transformers saves it (plus its vocab files)."""
+    """A folder with tokenizer.json as transformers saves it."""
     folder = tmp_path_factory.mktemp("clip-tokenizer")
     hf_tokenizer.save_pretrained(folder)
     assert (folder / "tokenizer.json").is_file()
@@ -107,6 +107,5 @@ def tiny_clip(tmp_path_factory, clip_tokenizer_dir):
     """(folder, transformers model) for a tiny random CLIP with the real tokenizer files."""
     folder = tmp_path_factory.mktemp("tiny-clip")
     model = save_random_clip(folder, TINY_TEXT, TINY_VISION, projection_dim=24)
-    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-        (folder / name).write_bytes((clip_tokenizer_dir / name).read_bytes())
+    (folder / "tokenizer.json").write_bytes((clip_tokenizer_dir / "tokenizer.json").read_bytes())
     return folder, model
