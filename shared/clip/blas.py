@@ -92,37 +92,44 @@ def load_fast_blas(candidates: list[str] | None = None) -> BlasInfo:
     """Load the first fast BLAS found into the global symbol scope, once per process."""
     global _loaded
     with _lock:
-        if _loaded is not None:
-            return _loaded
-        _loaded = _find(candidates)
-        if not _loaded.fast and sys.platform.startswith("linux"):
-            log.warning(
-                "no fast BLAS found for MLX (tried %d libraries): float32 matrix products run "
-                "~35x slower; install it with `apt-get install %s` (Debian/Ubuntu)",
-                len(_loaded.tried),
-                APT_PACKAGE,
-            )
-        elif _loaded.path:
-            log.info("MLX uses %s", _loaded.describe())
+        if _loaded is None:
+            _loaded = _for_this_platform(candidates)
+            if not _loaded.fast and sys.platform.startswith("linux"):
+                log.warning(slow_blas_warning(_loaded))
+            elif _loaded.path:
+                log.info("MLX uses %s", _loaded.describe())
         return _loaded
 
 
-def _find(candidates: list[str] | None) -> BlasInfo:
+def slow_blas_warning(info: BlasInfo) -> str:
+    """The one-line warning for a process left with the slow reference BLAS."""
+    return (
+        f"no fast BLAS found for MLX (tried {len(info.tried)} libraries): float32 matrix "
+        f"products run ~35x slower; install one with `apt-get install {APT_PACKAGE}` "
+        "(Debian/Ubuntu) or your system's OpenBLAS package"
+    )
+
+
+def _for_this_platform(candidates: list[str] | None) -> BlasInfo:
     if sys.platform == "darwin":
         return BlasInfo("Accelerate", None, fast=True)  # MLX links Apple's own there
     if not sys.platform.startswith("linux"):
         return BlasInfo("bundled", None, fast=False)
     if "mlx.core" in sys.modules:
         # Too late to change what it binds to; say so instead of claiming success.
-        log.warning("mlx.core was imported before shared.clip.blas; its BLAS stays as it is")
+        log.warning("mlx.core was imported before shared.clip; its BLAS stays as it is")
         return BlasInfo("unknown (mlx.core imported first)", None, fast=False)
-    tried = tuple(candidates if candidates is not None else candidate_paths())
-    for path in tried:
+    return find_blas(candidates if candidates is not None else candidate_paths())
+
+
+def find_blas(candidates: list[str]) -> BlasInfo:
+    """Load the first candidate that exports cblas_sgemm, globally; report what happened."""
+    for path in candidates:
         lib = _try_load(path)
         if lib is not None:
             _handles.append(lib)
-            return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tried)
-    return BlasInfo("bundled reference BLAS", None, fast=False, tried=tried)
+            return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tuple(candidates))
+    return BlasInfo("bundled reference BLAS", None, fast=False, tried=tuple(candidates))
 
 
 def _real_path(path: str) -> str:

@@ -42,16 +42,21 @@ def resolve_checkpoint(model: str, model_path: Path | None = None) -> Path:
 
 def _download(repo_id: str) -> Path:
     """Fetch the needed files into the standard Hugging Face cache (with its progress bars)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
 
     log.info("fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=NEEDED_FILES))
     except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
+        tried = (
+            "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
+            if constants.HF_HUB_OFFLINE
+            else f"the Hugging Face cache and a download from {constants.ENDPOINT}"
+        )
         raise ModelNotAvailable(
-            f"could not get the CLIP weights {repo_id!r}: tried the Hugging Face cache and a "
-            f"download from the hub, which failed ({type(exc).__name__}: {_first_line(exc)}). "
+            f"could not get the CLIP weights {repo_id!r}: tried {tried}, which failed "
+            f"({type(exc).__name__}: {_first_line(exc)}). "
             "Download the model's folder (config.json, model.safetensors, tokenizer files) "
             "elsewhere and set CLIP_MODEL_PATH to that local folder."
         ) from exc
