@@ -113,7 +113,7 @@ def test_legacy_eos_config_and_gelu_activation(tmp_path, tokenizer):
 def test_pooling_position_rules():
     rows = [[49406, 5, 49407], [49406, 7, 8, 9, 49407]]
     ids, pool_at = pack_tokens(rows, eos_token_id=49407)
-    assert ids.shape == (2, 5) and pool_at.tolist() == [2, 4]
+    assert ids.shape == (2, 8) and pool_at.tolist() == [2, 4]
     # Legacy rule: the position of the largest id, here a token above the end token.
     _, legacy = pack_tokens([[49406, 49500, 3, 49407]], eos_token_id=2)
     assert legacy.tolist() == [1]
@@ -154,3 +154,19 @@ def test_vit_large_architecture_matches_transformers(tmp_path_factory, clip_toke
     assert cosines(ours, reference_text(reference, tokenizer.encode_padded(texts))).min() >= 0.9999
     pixels = random_pixels(1, 224)
     assert cosines(model.encode_images(pixels), reference_images(reference, pixels)).min() >= 0.9999
+
+
+def test_compiled_and_eager_paths_agree(tiny_clip, tokenizer):
+    compiled = load_model(tiny_clip[0])
+    eager = load_model(tiny_clip[0], compiled=False)
+    ids = tokenizer.encode(TEXTS)
+    np.testing.assert_allclose(compiled.encode_text(ids), eager.encode_text(ids), atol=1e-5)
+    pixels = random_pixels(2, TINY_VISION["image_size"])
+    np.testing.assert_allclose(compiled.encode_images(pixels), eager.encode_images(pixels), atol=1e-5)
+
+
+def test_length_buckets_and_limit():
+    ids, _ = pack_tokens([[49406] + [5] * 8 + [49407]], eos_token_id=49407)
+    assert ids.shape == (1, 16)  # 10 tokens run as 16, not 77
+    with pytest.raises(ValueError, match="at most 77"):
+        pack_tokens([[1] * 78], eos_token_id=49407)

@@ -64,6 +64,9 @@ class MlxClipEmbedder:
         self.supports_images = not text_only
         self._decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self._lock = threading.Lock()
+        # One forward pass at a time: a web server's threads share one model, and on a CPU
+        # parallel passes only fight over the same cores.
+        self._run_lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -108,10 +111,11 @@ class MlxClipEmbedder:
         loaded = self.load()
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)
-        chunks = [
-            loaded.model.encode_text(loaded.tokenizer.encode(texts[start : start + 64]))
-            for start in range(0, len(texts), 64)
-        ]
+        chunks = []
+        for start in range(0, len(texts), 64):
+            token_ids = loaded.tokenizer.encode(texts[start : start + 64])
+            with self._run_lock:
+                chunks.append(loaded.model.encode_text(token_ids))
         return self._checked(np.concatenate(chunks))
 
     def embed_images(self, images: list[ImageSource]) -> np.ndarray:
@@ -159,7 +163,9 @@ class MlxClipEmbedder:
         if not futures:
             return np.empty((0, loaded.model.config.projection_dim), dtype=np.float32)
         pixels = np.stack([future.result() for future in futures])
-        return self._checked(loaded.model.encode_images(pixels))
+        with self._run_lock:
+            vectors = loaded.model.encode_images(pixels)
+        return self._checked(vectors)
 
     def _checked(self, vectors: np.ndarray) -> np.ndarray:
         expected = self.expected_dim or self.load().model.config.projection_dim

@@ -18,12 +18,14 @@ def default_dtype() -> str:
     return "float16" if mx.default_device() == mx.gpu else "float32"
 
 
-def load_model(folder: Path, dtype: str = "float32", text_only: bool = False) -> ClipModel:
+def load_model(
+    folder: Path, dtype: str = "float32", text_only: bool = False, compiled: bool = True
+) -> ClipModel:
     """Read config.json and model.safetensors from `folder` into a ready-to-run model."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = ClipConfig.from_file(folder / "config.json")
-    model = ClipModel(config, text_only=text_only)
+    model = ClipModel(config, text_only=text_only, compiled=compiled)
     tensors = to_mlx_layout(read_tensors(folder, text_only=text_only))
     target = DTYPES[dtype]
     weights = [(key, mx.array(value).astype(target)) for key, value in tensors.items()]

@@ -9,6 +9,10 @@ import numpy as np
 from shared.clip.config import ClipConfig, TextConfig, VisionConfig
 from shared.clip.layers import Encoder
 
+# Text batches are padded up to one of these lengths, so that mx.compile traces a handful
+# of shapes instead of one per query length (padding after the end token changes nothing).
+LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64)
+
 # Old checkpoints whose text config says eos_token_id == 2 pool at the largest id instead
 # (transformers keeps that rule for them; the end token is the largest id in CLIP's vocab).
 LEGACY_EOS_TOKEN_ID = 2
@@ -122,10 +126,13 @@ class VisionTransformer(nn.Module):
 class ClipModel(nn.Module):
     """Both towers (or the text tower alone) and their projections into the shared space."""
 
-    def __init__(self, config: ClipConfig, text_only: bool = False) -> None:
+    def __init__(self, config: ClipConfig, text_only: bool = False, compiled: bool = True) -> None:
         super().__init__()
         self.config = config
         self.text_only = text_only
+        # Fusing the element-wise work (activations, norms, residuals) saves ~10-40% on a CPU.
+        self._text_fn = mx.compile(self.text_features) if compiled else self.text_features
+        self._image_fn = mx.compile(self.image_features) if compiled else self.image_features
         self.text_model = TextTransformer(config.text)
         self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = mx.array(0.0)
@@ -152,13 +159,13 @@ class ClipModel(nn.Module):
 
     def encode_text(self, token_ids: list[list[int]]) -> np.ndarray:
         """Embed tokenised texts (each with its start and end tokens) as unit float32 vectors."""
-        ids, pool_at = pack_tokens(token_ids, self.config.text.eos_token_id)
-        features = self.text_features(mx.array(ids), mx.array(pool_at))
-        return _unit_rows(features)
+        limit = self.config.text.max_position_embeddings
+        ids, pool_at = pack_tokens(token_ids, self.config.text.eos_token_id, limit)
+        return _unit_rows(self._text_fn(mx.array(ids), mx.array(pool_at)))
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a (batch, H, W, 3) float32 array of preprocessed images as unit vectors."""
-        return _unit_rows(self.image_features(mx.array(pixels)))
+        return _unit_rows(self._image_fn(mx.array(pixels)))
 
 
 def pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
@@ -168,15 +175,20 @@ def pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
     return (ids == eos_token_id).argmax(axis=1)
 
 
-def pack_tokens(token_ids: list[list[int]], eos_token_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a batch to its longest member (not to 77) and find each row's pooling position.
+def pack_tokens(
+    token_ids: list[list[int]], eos_token_id: int, limit: int = 77
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a batch to its longest member's bucket (not to 77); find each row's pooling position.
 
     The mask is causal and pooling happens at the end token, so positions after it never
     influence the result: running only as far as the longest sequence gives the same vectors.
     """
     if not token_ids:
         raise ValueError("no texts to embed")
-    length = max(len(ids) for ids in token_ids)
+    longest = max(len(ids) for ids in token_ids)
+    if longest > limit:
+        raise ValueError(f"a text has {longest} tokens; this model takes at most {limit}")
+    length = min([bucket for bucket in LENGTH_BUCKETS if bucket >= longest] + [limit])
     pad = token_ids[0][-1]  # the end token, which CLIP's tokenizers also pad with
     batch = np.full((len(token_ids), length), pad, dtype=np.int32)
     for row, ids in enumerate(token_ids):
