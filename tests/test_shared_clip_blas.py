@@ -82,3 +82,14 @@ def test_warning_names_the_package_when_nothing_is_found():
     assert done.stdout.strip() == "False"
     assert "WARNING no fast BLAS found for MLX (tried 1 libraries)" in done.stderr
     assert "apt-get install libopenblas0-pthread" in done.stderr
+
+
+@pytest.mark.skipif(not AVAILABLE, reason="no OpenBLAS installed")
+def test_blas_threads_are_set_and_restored():
+    lib = next((h for h in blas._handles if hasattr(h, "openblas_get_num_threads")), None)
+    if lib is None:
+        pytest.skip("the loaded BLAS is not OpenBLAS")
+    before = lib.openblas_get_num_threads()
+    with blas.blas_threads(1):
+        assert lib.openblas_get_num_threads() == 1
+    assert lib.openblas_get_num_threads() == before

@@ -170,3 +170,11 @@ def test_length_buckets_and_limit():
     assert ids.shape == (1, 16)  # 10 tokens run as 16, not 77
     with pytest.raises(ValueError, match="at most 77"):
         pack_tokens([[1] * 78], eos_token_id=49407)
+
+
+def test_batch_split_over_cpu_streams_changes_nothing(tiny_clip):
+    model = load_model(tiny_clip[0])
+    pixels = random_pixels(5, TINY_VISION["image_size"], seed=9)
+    split = model.encode_images(pixels)
+    model._image_streams = []  # one stream, the whole batch at once
+    np.testing.assert_allclose(split, model.encode_images(pixels), atol=1e-5)

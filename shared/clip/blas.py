@@ -17,8 +17,10 @@ import logging
 import platform
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,29 @@ def find_blas(candidates: list[str]) -> BlasInfo:
             _handles.append(lib)
             return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tuple(candidates))
     return BlasInfo("bundled reference BLAS", None, fast=False, tried=tuple(candidates))
+
+
+@contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """Run the body with the loaded BLAS using `count` threads (no-op if it cannot be told).
+
+    MLX's CPU backend runs element-wise work on one thread per stream; the image tower splits
+    a batch over several streams, and then each stream's matrix products should keep to one
+    core rather than every stream spawning threads for all of them.
+    """
+    setter = getter = None
+    for lib in _handles:
+        setter = getattr(lib, "openblas_set_num_threads", None) or getattr(lib, "MKL_Set_Num_Threads", None)
+        getter = getattr(lib, "openblas_get_num_threads", None) or getattr(lib, "MKL_Get_Max_Threads", None)
+    if setter is None or getter is None:
+        yield
+        return
+    before = getter()
+    setter(count)
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 def _real_path(path: str) -> str:

