@@ -22,11 +22,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "bench" / "out" / "vit-l-14-random"
 QUERIES = [
-    "a photo of a cat", "sunset over the ocean", "my daughter's birthday party", "dog", "東京の夜景",
-    "two dogs playing in the snow", "red car", "christmas tree with presents", "beach 🏖️",
-    "grandma's kitchen in 1987", "the Eiffel Tower at night", "a blurry photo", "wedding cake",
-    "mountain lake", "receipt from the grocery store", "café in Paris", "northern lights",
-    "kids on a trampoline", "black and white portrait", "pizza with extra cheese",
+    "a photo of a cat",
+    "sunset over the ocean",
+    "my daughter's birthday party",
+    "dog",
+    "東京の夜景",
+    "two dogs playing in the snow",
+    "red car",
+    "christmas tree with presents",
+    "beach 🏖️",
+    "grandma's kitchen in 1987",
+    "the Eiffel Tower at night",
+    "a blurry photo",
+    "wedding cake",
+    "mountain lake",
+    "receipt from the grocery store",
+    "café in Paris",
+    "northern lights",
+    "kids on a trampoline",
+    "black and white portrait",
+    "pizza with extra cheese",
 ]
 
 
@@ -41,10 +56,21 @@ def make_checkpoint(folder: Path) -> None:
     from tests.conftest import write_vocab_files
 
     config = CLIPConfig(
-        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                         num_hidden_layers=12, eos_token_id=2),
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                           num_hidden_layers=24, image_size=224, patch_size=14),
+        text_config={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "eos_token_id": 2,
+        },
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "image_size": 224,
+            "patch_size": 14,
+        },
         projection_dim=768,
     )
     torch.manual_seed(0)
@@ -88,8 +114,11 @@ def images_per_second(run, batch, repeats: int) -> dict:
     cpu_start = time.process_time()
     seconds = [timed_each(run, [batch], warmup=0)[0] / 1000 for _ in range(repeats)]
     cpu = (time.process_time() - cpu_start) / (repeats * len(batch))
-    return {"median": round(len(batch) / statistics.median(seconds), 3),
-            "best": round(len(batch) / min(seconds), 3), "cpu_s_per_image": round(cpu, 2)}
+    return {
+        "median": round(len(batch) / statistics.median(seconds), 3),
+        "best": round(len(batch) / min(seconds), 3),
+        "cpu_s_per_image": round(cpu, 2),
+    }
 
 
 def job_mlx(args) -> dict:
@@ -129,7 +158,9 @@ def job_torch(args) -> dict:
             model.get_image_features(pixel_values=torch.from_numpy(pixels))
 
     def query(text, padding):
-        ids = tokenizer([text], padding=padding, max_length=77, truncation=True, return_tensors="pt")
+        ids = tokenizer(
+            [text], padding=padding, max_length=77, truncation=True, return_tensors="pt"
+        )
         with torch.inference_mode():
             model.get_text_features(input_ids=ids["input_ids"])
 
@@ -176,9 +207,20 @@ def main() -> None:
     jobs = [*(["mlx", "torch"] * args.rounds), "text_only"]
     for number, job in enumerate(jobs):
         done = subprocess.run(
-            [sys.executable, __file__, "--job", job, "--repeats", str(args.repeats),
-             "--queries", str(args.queries)],
-            env=env, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--job",
+                job,
+                "--repeats",
+                str(args.repeats),
+                "--queries",
+                str(args.queries),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         result[f"{number}:{job}"] = json.loads(done.stdout.strip().splitlines()[-1])
     for name in ("mlx", "torch"):
@@ -187,7 +229,8 @@ def main() -> None:
             run["images_per_s"]["median"] for run in runs
         )
     result["images_ratio_mlx_over_torch"] = round(
-        result["mlx_images_per_s_median_of_rounds"] / result["torch_images_per_s_median_of_rounds"], 2
+        result["mlx_images_per_s_median_of_rounds"] / result["torch_images_per_s_median_of_rounds"],
+        2,
     )
     result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2, ensure_ascii=False))

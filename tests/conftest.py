@@ -13,22 +13,22 @@ BPE_MERGES_GZ = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 
 # Tiny but complete: every kind of layer, several heads, the real 49,408-token vocabulary.
-TINY_TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    vocab_size=VOCAB_SIZE,
-    max_position_embeddings=77,
-)
-TINY_VISION = dict(
-    hidden_size=48,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    image_size=32,
-    patch_size=8,
-)
+TINY_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": VOCAB_SIZE,
+    "max_position_embeddings": 77,
+}
+TINY_VISION = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
 
 
 def byte_symbols() -> list[str]:
@@ -48,7 +48,8 @@ def byte_symbols() -> list[str]:
 
 def write_vocab_files(folder: Path) -> None:
     """Write CLIP's vocab.json and merges.txt, derived from the merge list."""
-    lines = gzip.open(BPE_MERGES_GZ, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(BPE_MERGES_GZ, "rt", encoding="utf-8") as merges_file:
+        lines = merges_file.read().split("\n")
     # Line 0 is a version header; OpenAI keeps 49152 - 256 - 2 merges, so 512 byte tokens,
     # the merges and two special tokens make 49,408.
     merges = lines[1 : 49152 - 256 - 2 + 1]
@@ -58,7 +59,9 @@ def write_vocab_files(folder: Path) -> None:
     assert len(tokens) == VOCAB_SIZE
     vocab = {token: index for index, token in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +90,9 @@ def clip_tokenizer_dir(tmp_path_factory, hf_tokenizer) -> Path:
     return folder
 
 
-def save_random_clip(folder: Path, text: dict, vision: dict, projection_dim: int, seed: int = 0,
-                     **extra):
+def save_random_clip(
+    folder: Path, text: dict, vision: dict, projection_dim: int, seed: int = 0, **extra
+):
     """Save a random-weight transformers CLIPModel (safetensors) and return it in eval mode."""
     import torch
     from transformers import CLIPConfig, CLIPModel

@@ -15,9 +15,7 @@ from shared.clip import blas
 
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
-AVAILABLE = LINUX and any(
-    Path(p).exists() for p in blas.candidate_paths() if p.startswith("/")
-)
+AVAILABLE = LINUX and any(Path(p).exists() for p in blas.candidate_paths() if p.startswith("/"))
 
 MATMUL = "import mlx.core as mx; mx.eval(mx.ones((128, 128)) @ mx.ones((128, 128)))"
 
@@ -25,8 +23,14 @@ MATMUL = "import mlx.core as mx; mx.eval(mx.ones((128, 128)) @ mx.ones((128, 128
 def sgemm_binding(code: str) -> Path:
     """Run `code` in a fresh process and return the library libmlx's cblas_sgemm bound to."""
     env = {**os.environ, "LD_DEBUG": "bindings", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for line in done.stderr.splitlines():
         if "libmlx.so" in line and "`cblas_sgemm'" in line:
@@ -35,7 +39,9 @@ def sgemm_binding(code: str) -> Path:
     raise AssertionError("libmlx.so never bound cblas_sgemm")
 
 
-@pytest.mark.skipif(not AVAILABLE, reason="no OpenBLAS/MKL/BLIS installed (apt-get install libopenblas0-pthread)")
+@pytest.mark.skipif(
+    not AVAILABLE, reason="no OpenBLAS/MKL/BLIS installed (apt-get install libopenblas0-pthread)"
+)
 def test_fast_blas_is_loaded_and_reported():
     info = blas.load_fast_blas()
     assert info.fast and info.name in ("openblas", "mkl", "blis")
@@ -77,7 +83,9 @@ def test_warning_names_the_package_when_nothing_is_found():
         "b = sys.modules['b'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(b);"
         "print(b.load_fast_blas(['/nonexistent/libopenblas.so.0']).fast)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
     assert "WARNING no fast BLAS found for MLX (tried 1 libraries)" in done.stderr

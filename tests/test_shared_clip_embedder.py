@@ -28,7 +28,9 @@ def source(key: str, data: bytes) -> ImageSource:
 
 @pytest.fixture(scope="module")
 def embedder(tiny_clip):
-    made = MlxClipEmbedder(model="tiny/clip", model_path=tiny_clip[0], expected_dim=24, batch_size=2)
+    made = MlxClipEmbedder(
+        model="tiny/clip", model_path=tiny_clip[0], expected_dim=24, batch_size=2
+    )
     yield made
     made.close()
 
@@ -66,8 +68,11 @@ def test_images_match_transformers_end_to_end(embedder, tiny_clip):
 def test_batches_come_back_in_order(embedder):
     datas = [jpeg(seed) for seed in range(5)]
     whole = embedder.embed_images([source(str(i), d) for i, d in enumerate(datas)])
-    batches = [[source("0", datas[0]), source("1", datas[1])], [source("2", datas[2])],
-               [source("3", datas[3]), source("4", datas[4])]]
+    batches = [
+        [source("0", datas[0]), source("1", datas[1])],
+        [source("2", datas[2])],
+        [source("3", datas[3]), source("4", datas[4])],
+    ]
     parts = list(embedder.embed_image_batches(iter(batches)))
     assert [len(part) for part in parts] == [2, 1, 2]
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
@@ -96,8 +101,9 @@ def test_wrong_expected_dimension(tiny_clip):
 
 
 def test_from_settings(tiny_clip, tmp_path):
-    settings = Settings(images_dir=tmp_path, data_dir=tmp_path, clip_model_path=tiny_clip[0],
-                        expected_vector_dim=24)
+    settings = Settings(
+        images_dir=tmp_path, data_dir=tmp_path, clip_model_path=tiny_clip[0], expected_vector_dim=24
+    )
     made = MlxClipEmbedder.from_settings(settings, text_only=True)
     assert made.model_id == "mlx:openai/clip-vit-large-patch14"
     assert made.model_path == tiny_clip[0] and made.text_only and made.expected_dim == 24

@@ -90,7 +90,8 @@ def test_text_only_load_skips_the_vision_tower(tiny_clip, tokenizer):
     text_only = load_model(tiny_clip[0], text_only=True)
     assert "vision_model" not in text_only and "visual_projection" not in text_only
     np.testing.assert_allclose(
-        text_only.encode_text(tokenizer.encode(TEXTS)), full.encode_text(tokenizer.encode(TEXTS)),
+        text_only.encode_text(tokenizer.encode(TEXTS)),
+        full.encode_text(tokenizer.encode(TEXTS)),
         atol=1e-6,
     )
     with pytest.raises(RuntimeError, match="without its vision tower"):
@@ -135,11 +136,23 @@ def test_vit_large_architecture_matches_transformers(tmp_path_factory, clip_toke
     default = CLIPConfig.from_dict(
         {
             "projection_dim": 768,
-            "text_config": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                num_hidden_layers=12, eos_token_id=2, projection_dim=768),
-            "vision_config": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                                  num_hidden_layers=24, image_size=224, patch_size=14,
-                                  projection_dim=768),
+            "text_config": {
+                "hidden_size": 768,
+                "intermediate_size": 3072,
+                "num_attention_heads": 12,
+                "num_hidden_layers": 12,
+                "eos_token_id": 2,
+                "projection_dim": 768,
+            },
+            "vision_config": {
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_attention_heads": 16,
+                "num_hidden_layers": 24,
+                "image_size": 224,
+                "patch_size": 14,
+                "projection_dim": 768,
+            },
         }
     )
     folder = tmp_path_factory.mktemp("vit-l-14")
@@ -162,7 +175,9 @@ def test_compiled_and_eager_paths_agree(tiny_clip, tokenizer):
     ids = tokenizer.encode(TEXTS)
     np.testing.assert_allclose(compiled.encode_text(ids), eager.encode_text(ids), atol=1e-5)
     pixels = random_pixels(2, TINY_VISION["image_size"])
-    np.testing.assert_allclose(compiled.encode_images(pixels), eager.encode_images(pixels), atol=1e-5)
+    np.testing.assert_allclose(
+        compiled.encode_images(pixels), eager.encode_images(pixels), atol=1e-5
+    )
 
 
 def test_length_buckets_and_limit():

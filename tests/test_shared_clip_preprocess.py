@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.clip.preprocess import PreprocessConfig, decode, preprocess, preprocess_bytes, resized_size
+from shared.clip.preprocess import (
+    PreprocessConfig,
+    decode,
+    preprocess,
+    preprocess_bytes,
+    resized_size,
+)
 
 WILD = Path(__file__).parent / "data" / "wild"
 
@@ -56,13 +62,21 @@ def test_exif_rotated_photos_match_after_transpose(reference, name):
     # These files are stored sideways (EXIF orientation 6 or 8): decoding turns them.
     assert raw.getexif().get(0x0112) in (6, 8)
     assert upright.size == raw.size[::-1]
-    np.testing.assert_array_equal(preprocess_bytes(data, PreprocessConfig()), expected(reference, upright))
+    np.testing.assert_array_equal(
+        preprocess_bytes(data, PreprocessConfig()), expected(reference, upright)
+    )
 
 
 def test_config_file_is_respected(tmp_path, reference):
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"size": {"shortest_edge": 64}, "crop_size": {"height": 48, "width": 56},
-                    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.5, 1.0]})
+        json.dumps(
+            {
+                "size": {"shortest_edge": 64},
+                "crop_size": {"height": 48, "width": 56},
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.5, 1.0],
+            }
+        )
     )
     config = PreprocessConfig.for_checkpoint(tmp_path, image_size=224)
     assert (config.shortest_edge, config.crop_height, config.crop_width) == (64, 48, 56)
@@ -70,8 +84,10 @@ def test_config_file_is_respected(tmp_path, reference):
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 64}, crop_size={"height": 48, "width": 56},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.5, 1.0],
+        size={"shortest_edge": 64},
+        crop_size={"height": 48, "width": 56},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.5, 1.0],
     )
     np.testing.assert_array_equal(preprocess(image, config), expected(processor, image))
 

@@ -17,10 +17,10 @@ import logging
 import platform
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,12 @@ def blas_threads(count: int) -> Iterator[None]:
     """
     setter = getter = None
     for lib in _handles:
-        setter = getattr(lib, "openblas_set_num_threads", None) or getattr(lib, "MKL_Set_Num_Threads", None)
-        getter = getattr(lib, "openblas_get_num_threads", None) or getattr(lib, "MKL_Get_Max_Threads", None)
+        setter = getattr(lib, "openblas_set_num_threads", None) or getattr(
+            lib, "MKL_Set_Num_Threads", None
+        )
+        getter = getattr(lib, "openblas_get_num_threads", None) or getattr(
+            lib, "MKL_Get_Max_Threads", None
+        )
     if setter is None or getter is None:
         yield
         return

@@ -51,7 +51,7 @@ class ClipConfig:
     projection_dim: int = 512
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ClipConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ClipConfig:
         """Build from the parsed contents of a CLIPModel `config.json`."""
         if "text_config" not in raw or "vision_config" not in raw:
             raise ValueError("config.json has no text_config/vision_config: not a CLIPModel config")
@@ -62,7 +62,7 @@ class ClipConfig:
         )
 
     @classmethod
-    def from_file(cls, path: Path) -> "ClipConfig":
+    def from_file(cls, path: Path) -> ClipConfig:
         """Read a `config.json`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 

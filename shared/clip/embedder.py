@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class MlxClipEmbedder:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, text_only: bool = False) -> "MlxClipEmbedder":
+    def from_settings(cls, settings: Settings, text_only: bool = False) -> MlxClipEmbedder:
         """Build from the process's settings (CLIP_MODEL, CLIP_MODEL_PATH, EXPECTED_VECTOR_DIM)."""
         return cls(
             model=settings.clip_model,
@@ -85,7 +85,7 @@ class MlxClipEmbedder:
         """Width of the vectors: the checkpoint's projection_dim (loads the model if needed)."""
         return self.load().model.config.projection_dim
 
-    def load(self) -> "_Loaded":
+    def load(self) -> _Loaded:
         """Load weights, tokenizer and preprocessing once (thread-safe); call at startup to warm up."""
         if self._loaded is None:
             with self._lock:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 
 def quick_gelu(x: mx.array) -> mx.array:
@@ -39,7 +39,9 @@ def activation(name: str) -> Callable[[mx.array], mx.array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unsupported hidden_act {name!r}; known: {', '.join(ACTIVATIONS)}") from None
+        raise ValueError(
+            f"unsupported hidden_act {name!r}; known: {', '.join(ACTIVATIONS)}"
+        ) from None
 
 
 class Attention(nn.Module):

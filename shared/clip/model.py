@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from shared.clip.blas import blas_threads
 from shared.clip.config import ClipConfig, TextConfig, VisionConfig
@@ -54,7 +54,9 @@ class TextTransformer(nn.Module):
         """Return the normalised hidden state at `pool_at[i]` for each sequence i."""
         hidden = self.encoder(self.embeddings(ids), causal=True)
         pooled = hidden[mx.arange(ids.shape[0]), pool_at]
-        return self.final_layer_norm(pooled)  # per position, so norming only the pooled rows is the same
+        return self.final_layer_norm(
+            pooled
+        )  # per position, so norming only the pooled rows is the same
 
 
 class PatchEmbedding(nn.Module):
@@ -109,7 +111,9 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.embeddings = VisionEmbeddings(config)
-        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # HF's spelling
+        self.pre_layrnorm = nn.LayerNorm(
+            config.hidden_size, eps=config.layer_norm_eps
+        )  # HF's spelling
         self.encoder = Encoder(
             config.hidden_size,
             config.intermediate_size,

@@ -26,7 +26,7 @@ class PreprocessConfig:
     resample: int = int(Image.Resampling.BICUBIC)
 
     @classmethod
-    def for_checkpoint(cls, folder: Path, image_size: int) -> "PreprocessConfig":
+    def for_checkpoint(cls, folder: Path, image_size: int) -> PreprocessConfig:
         """Read preprocessor_config.json if present, else CLIP's defaults at the model's size."""
         path = Path(folder) / "preprocessor_config.json"
         if not path.is_file():

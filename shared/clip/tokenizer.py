@@ -12,9 +12,7 @@ from tokenizers.models import BPE
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 # CLIP's word split: contractions, letter runs, single digits, runs of other symbols.
-WORD_PATTERN = (
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-)
+WORD_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _KEEP_CONTROL = {"\t", "\n", "\r"}  # whitespace the normaliser turns into single spaces
 
 
@@ -84,7 +82,7 @@ class ClipTokenizer:
         self._tokenizer.enable_truncation(max_length=max_length)
 
     @classmethod
-    def from_folder(cls, folder: Path, max_length: int = 77) -> "ClipTokenizer":
+    def from_folder(cls, folder: Path, max_length: int = 77) -> ClipTokenizer:
         """Load tokenizer.json, or else vocab.json + merges.txt, from a checkpoint folder."""
         folder = Path(folder)
         if (folder / "tokenizer.json").is_file():
@@ -94,7 +92,7 @@ class ClipTokenizer:
         raise FileNotFoundError(f"{folder} has neither tokenizer.json nor vocab.json + merges.txt")
 
     @classmethod
-    def from_vocab(cls, vocab_path: Path, merges_path: Path, max_length: int = 77) -> "ClipTokenizer":
+    def from_vocab(cls, vocab_path: Path, merges_path: Path, max_length: int = 77) -> ClipTokenizer:
         """Build the tokenizer from vocab.json and merges.txt."""
         vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
         return cls(build_bpe(vocab, read_merges(merges_path)), max_length)

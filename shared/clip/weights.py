@@ -45,7 +45,9 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    log.info("fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id)
+    log.info(
+        "fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id
+    )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=NEEDED_FILES))
     except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
@@ -82,7 +84,7 @@ def read_tensors(folder: Path, text_only: bool = False) -> dict[str, np.ndarray]
     tensors: dict[str, np.ndarray] = {}
     # safe_open reads tensor by tensor, so a text-only load never touches the vision weights.
     with safe_open(str(folder / WEIGHTS_FILE), framework="numpy") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118  (a safe_open handle is not iterable)
             if key.endswith("position_ids"):
                 continue  # a buffer in old checkpoints, not a weight
             if text_only and not key.startswith(TEXT_PREFIXES):
