@@ -17,7 +17,7 @@ import logging
 import platform
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,27 +49,39 @@ _loaded: BlasInfo | None = None
 _handles: list[ctypes.CDLL] = []  # kept alive: unloading would leave MLX with dangling symbols
 
 
-def candidate_paths() -> list[str]:
-    """Shared libraries worth trying, best first: OpenBLAS, then MKL, then BLIS."""
+def candidate_paths() -> Iterator[str]:
+    """Shared libraries worth trying, best first: OpenBLAS, then MKL, then BLIS.
+
+    A generator: the well-known paths come first, and the slower searches (ldconfig, via
+    ctypes.util.find_library) only run when none of those exists.
+    """
     machine = platform.machine()
-    prefixes = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
-    names: list[str] = []
-    for prefix in prefixes:  # a conda or pip-installed library beside this Python
-        names += [str(prefix / "libopenblas.so.0"), str(prefix / "libopenblas.so")]
-    names += [
-        f"/usr/lib/{machine}-linux-gnu/openblas-pthread/libopenblas.so.0",  # Debian/Ubuntu
-        f"/usr/lib/{machine}-linux-gnu/openblas-openmp/libopenblas.so.0",
-        f"/usr/lib/{machine}-linux-gnu/libopenblas.so.0",
-        "/usr/lib64/libopenblasp.so.0",  # Fedora: the pthreads build
-        "/usr/lib64/libopenblas.so.0",
-        "/usr/lib/libopenblas.so.0",  # Arch, Alpine
-    ]
-    names += [found for lib in ("openblas",) if (found := ctypes.util.find_library(lib))]
+    prefixes = list(dict.fromkeys([Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]))
+    seen: set[str] = set()
+
+    def fresh(paths: Iterable[str | None]) -> Iterator[str]:
+        for path in paths:
+            if path and path not in seen:
+                seen.add(path)
+                yield path
+
+    # A conda or pip-installed library beside this Python, then the distributions' places.
+    yield from fresh(str(prefix / "libopenblas.so.0") for prefix in prefixes)
+    yield from fresh(
+        [
+            f"/usr/lib/{machine}-linux-gnu/openblas-pthread/libopenblas.so.0",  # Debian/Ubuntu
+            f"/usr/lib/{machine}-linux-gnu/openblas-openmp/libopenblas.so.0",
+            f"/usr/lib/{machine}-linux-gnu/libopenblas.so.0",
+            "/usr/lib64/libopenblasp.so.0",  # Fedora: the pthreads build
+            "/usr/lib64/libopenblas.so.0",
+            "/usr/lib/libopenblas.so.0",  # Arch, Alpine
+        ]
+    )
+    yield from fresh([ctypes.util.find_library("openblas")])
     for prefix in prefixes:
-        names += sorted(glob.glob(str(prefix / "libmkl_rt.so*")))
-    names += [found for lib in ("mkl_rt", "blis") if (found := ctypes.util.find_library(lib))]
-    names += [f"/usr/lib/{machine}-linux-gnu/blis-pthread/libblis.so.4"]
-    return list(dict.fromkeys(names))  # keep order, drop repeats
+        yield from fresh(sorted(glob.glob(str(prefix / "libmkl_rt.so*"))))
+    yield from fresh([ctypes.util.find_library("mkl_rt"), ctypes.util.find_library("blis")])
+    yield from fresh([f"/usr/lib/{machine}-linux-gnu/blis-pthread/libblis.so.4"])
 
 
 def _kind(path: str) -> str:
@@ -90,7 +102,7 @@ def _try_load(path: str) -> ctypes.CDLL | None:
     return lib if hasattr(lib, REQUIRED_SYMBOL) else None
 
 
-def load_fast_blas(candidates: list[str] | None = None) -> BlasInfo:
+def load_fast_blas(candidates: Iterable[str] | None = None) -> BlasInfo:
     """Load the first fast BLAS found into the global symbol scope, once per process."""
     global _loaded
     with _lock:
@@ -112,7 +124,7 @@ def slow_blas_warning(info: BlasInfo) -> str:
     )
 
 
-def _for_this_platform(candidates: list[str] | None) -> BlasInfo:
+def _for_this_platform(candidates: Iterable[str] | None) -> BlasInfo:
     if sys.platform == "darwin":
         return BlasInfo("Accelerate", None, fast=True)  # MLX links Apple's own there
     if not sys.platform.startswith("linux"):
@@ -124,14 +136,16 @@ def _for_this_platform(candidates: list[str] | None) -> BlasInfo:
     return find_blas(candidates if candidates is not None else candidate_paths())
 
 
-def find_blas(candidates: list[str]) -> BlasInfo:
-    """Load the first candidate that exports cblas_sgemm, globally; report what happened."""
+def find_blas(candidates: Iterable[str]) -> BlasInfo:
+    """Load the first candidate that exports cblas_sgemm, globally; report what was tried."""
+    tried: list[str] = []
     for path in candidates:
+        tried.append(path)
         lib = _try_load(path)
         if lib is not None:
             _handles.append(lib)
-            return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tuple(candidates))
-    return BlasInfo("bundled reference BLAS", None, fast=False, tried=tuple(candidates))
+            return BlasInfo(_kind(path), _real_path(path), fast=True, tried=tuple(tried))
+    return BlasInfo("bundled reference BLAS", None, fast=False, tried=tuple(tried))
 
 
 @contextmanager
