@@ -1,0 +1,172 @@
+"""MlxClipEmbedder: the embedder protocol on top of the MLX CLIP model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.clip.loading import default_dtype, load_model
+from shared.clip.model import ClipModel
+from shared.clip.preprocess import PreprocessConfig, preprocess_bytes
+from shared.clip.tokenizer import ClipTokenizer
+from shared.clip.weights import resolve_checkpoint
+from shared.embedders.base import DimensionMismatch, EmbeddingError, ImageSource, normalise
+from shared.settings import DEFAULT_CLIP_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+class ImageDecodeError(EmbeddingError):
+    """One image could not be read or decoded; `key` names it."""
+
+    def __init__(self, key: str, cause: BaseException) -> None:
+        super().__init__(f"could not decode image {key}: {type(cause).__name__}: {cause}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: ClipModel
+    tokenizer: ClipTokenizer
+    preprocess: PreprocessConfig
+
+
+class MlxClipEmbedder:
+    """CLIP in MLX behind the Embedder protocol; loads its weights once, on first use."""
+
+    supports_texts = True
+
+    def __init__(
+        self,
+        model: str = DEFAULT_CLIP_MODEL,
+        model_path: Path | None = None,
+        dtype: str | None = None,
+        text_only: bool = False,
+        expected_dim: int | None = None,
+        batch_size: int = 8,
+        decode_workers: int | None = None,
+    ) -> None:
+        self.model_name = model
+        self.model_path = model_path
+        self.dtype = dtype
+        self.text_only = text_only
+        self.expected_dim = expected_dim
+        self.batch_size = batch_size
+        # The model names the vectors; a local path is only where that model's files live.
+        self.model_id = f"mlx:{model}"
+        self.supports_images = not text_only
+        self._decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+        self._lock = threading.Lock()
+        # One forward pass at a time: a web server's threads share one model, and on a CPU
+        # parallel passes only fight over the same cores.
+        self._run_lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, text_only: bool = False) -> MlxClipEmbedder:
+        """Build from the process's settings (CLIP_MODEL, CLIP_MODEL_PATH, EXPECTED_VECTOR_DIM)."""
+        return cls(
+            model=settings.clip_model,
+            model_path=settings.clip_model_path,
+            text_only=text_only,
+            expected_dim=settings.expected_vector_dim,
+        )
+
+    @property
+    def dimensions(self) -> int:
+        """Width of the vectors: the checkpoint's projection_dim (loads the model if needed)."""
+        return self.load().model.config.projection_dim
+
+    def load(self) -> _Loaded:
+        """Load weights, tokenizer and preprocessing once (thread-safe); call at startup to warm up."""
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> _Loaded:
+        folder = resolve_checkpoint(self.model_name, self.model_path)
+        model = load_model(folder, dtype=self.dtype or default_dtype(), text_only=self.text_only)
+        config = model.config
+        if self.expected_dim is not None and config.projection_dim != self.expected_dim:
+            raise DimensionMismatch(config.projection_dim, self.expected_dim, self.model_id)
+        log.info("loaded %s from %s (%s)", self.model_id, folder, model.dtype)
+        return _Loaded(
+            model=model,
+            tokenizer=ClipTokenizer.from_folder(folder, config.text.max_position_embeddings),
+            preprocess=PreprocessConfig.for_checkpoint(folder, config.vision.image_size),
+        )
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Return an (n, dimensions) float32 array, one unit vector per text."""
+        loaded = self.load()
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(texts), 64):
+            token_ids = loaded.tokenizer.encode(texts[start : start + 64])
+            with self._run_lock:
+                chunks.append(loaded.model.encode_text(token_ids))
+        return self._checked(np.concatenate(chunks))
+
+    def embed_images(self, images: list[ImageSource]) -> np.ndarray:
+        """Return an (n, dimensions) float32 array, one unit vector per image."""
+        if not images:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        size = self.batch_size
+        batches = (images[start : start + size] for start in range(0, len(images), size))
+        return np.concatenate(list(self.embed_image_batches(batches)))
+
+    def embed_image_batches(self, batches: Iterable[list[ImageSource]]) -> Iterator[np.ndarray]:
+        """Embed batch after batch, decoding the next batch on threads while the model runs."""
+        loaded = self.load()
+        if self.text_only:
+            raise EmbeddingError(f"{self.model_id} was loaded text-only; it cannot embed images")
+        pending: list[Future] | None = None
+        for batch in batches:
+            started = [self._decoder().submit(self._prepare, source, loaded) for source in batch]
+            if pending is not None:
+                yield self._run_images(pending, loaded)
+            pending = started
+        if pending is not None:
+            yield self._run_images(pending, loaded)
+
+    def close(self) -> None:
+        """Stop the decode threads (the model stays loaded)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _decoder(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._decode_workers, "clip-decode")
+            return self._pool
+
+    @staticmethod
+    def _prepare(source: ImageSource, loaded: _Loaded) -> np.ndarray:
+        try:
+            return preprocess_bytes(source.read(), loaded.preprocess)
+        except Exception as exc:  # Pillow raises many kinds; the caller needs to know which image
+            raise ImageDecodeError(source.key, exc) from exc
+
+    def _run_images(self, futures: list[Future], loaded: _Loaded) -> np.ndarray:
+        if not futures:
+            return np.empty((0, loaded.model.config.projection_dim), dtype=np.float32)
+        pixels = np.stack([future.result() for future in futures])
+        with self._run_lock:
+            vectors = loaded.model.encode_images(pixels)
+        return self._checked(vectors)
+
+    def _checked(self, vectors: np.ndarray) -> np.ndarray:
+        expected = self.expected_dim or self.load().model.config.projection_dim
+        return normalise(vectors, expected, self.model_id)
