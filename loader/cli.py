@@ -126,18 +126,19 @@ def _print_sync_summary(report) -> None:
 
 @main.command()
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="replicate", show_default=True,
-              help="Which embedding model computes the vectors.")
+              help="replicate: Replicate's hosted CLIP; mlx: CLIP in MLX on this machine; "
+                   "auto: Replicate when REPLICATE_API_TOKEN is set, else MLX with local weights.")
 @click.option("--reembed", is_flag=True, help="Also redo rows embedded by another model.")
 @click.option("--retry-failed", is_flag=True, help="Also retry rows whose embedding failed before.")
 @click.option("--limit", type=click.IntRange(min=1), help="Embed at most this many distinct images.")
-@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Predictions in flight at once.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64),
+              help="Batches in flight at once (default: 8 for Replicate, 2 for MLX).")
 @click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a claimed row stays reserved for this worker without renewal.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
 def embed(app: Context, backend: str, reembed: bool, retry_failed: bool, limit: int | None,
-          jobs: int, lease_seconds: float, as_json: bool) -> None:
+          jobs: int | None, lease_seconds: float, as_json: bool) -> None:
     """Compute the embeddings that are missing, a few at a time.
 
     Any number of workers, on any number of machines, can run at once: each image is
@@ -152,6 +153,8 @@ def embed(app: Context, backend: str, reembed: bool, retry_failed: bool, limit: 
         embedder = make_embedder(backend, app.settings)
     except EmbeddingError as exc:
         raise click.ClickException(str(exc)) from exc
+    # A hosted model wants many predictions in flight; a local one, enough to overlap decoding.
+    jobs = jobs or getattr(embedder, "concurrency", 8)
     _ensure_schema(app)
     options = EmbedOptions(jobs=jobs, limit=limit, reembed=reembed, retry_failed=retry_failed,
                            lease_seconds=lease_seconds)

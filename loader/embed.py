@@ -45,7 +45,35 @@ def _replicate(settings: Settings) -> Embedder:
     return ReplicateEmbedder.from_settings(settings)
 
 
-BACKENDS: dict[str, Callable[[Settings], Embedder]] = {"replicate": _replicate}
+def _mlx(settings: Settings) -> Embedder:
+    from shared.clip.embedder import MlxClipEmbedder
+
+    embedder = MlxClipEmbedder.from_settings(settings)
+    embedder.load()  # a missing checkpoint is a clear error now, before anything is claimed
+    return embedder
+
+
+def _auto(settings: Settings) -> Embedder:
+    """Replicate when a token is set, else CLIP in MLX with weights already on this machine."""
+    if settings.replicate_api_token:
+        return _replicate(settings)
+    from shared.clip.embedder import MlxClipEmbedder
+
+    embedder = MlxClipEmbedder.from_settings(settings, download=False)
+    try:
+        embedder.load()
+    except EmbeddingError as exc:
+        raise EmbeddingError(
+            f"no embedder available: REPLICATE_API_TOKEN is not set, and {exc}"
+        ) from exc
+    return embedder
+
+
+BACKENDS: dict[str, Callable[[Settings], Embedder]] = {
+    "replicate": _replicate,
+    "mlx": _mlx,
+    "auto": _auto,
+}
 
 
 def make_embedder(backend: str, settings: Settings) -> Embedder:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from shared.clip.embedder import ImageDecodeError, MlxClipEmbedder
 from shared.clip.weights import ModelNotAvailable
-from shared.embedders.base import DimensionMismatch, Embedder, EmbeddingError, ImageSource
+from shared.embedders.base import DimensionMismatch, Embedder, EmbeddingError, ImageSource, PartialFailure
 from shared.settings import Settings
 
 
@@ -78,10 +78,15 @@ def test_batches_come_back_in_order(embedder):
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
 
 
-def test_bad_image_names_its_key(embedder):
-    with pytest.raises(ImageDecodeError, match="broken.jpg") as caught:
-        embedder.embed_images([source("good.jpg", jpeg(1)), source("broken.jpg", b"not an image")])
-    assert isinstance(caught.value, EmbeddingError) and caught.value.key == "broken.jpg"
+def test_bad_image_names_its_key_and_spares_its_neighbours(embedder):
+    batch = [source("good.jpg", jpeg(1)), source("broken.jpg", b"not an image"), source("also good.jpg", jpeg(2))]
+    with pytest.raises(PartialFailure) as caught:
+        embedder.embed_images(batch)
+    (error,) = caught.value.errors.values()
+    assert isinstance(error, ImageDecodeError) and error.key == "broken.jpg"
+    assert list(caught.value.errors) == [1] and sorted(caught.value.vectors) == [0, 2]
+    alone = embedder.embed_images([batch[0], batch[2]])
+    np.testing.assert_allclose(np.stack([caught.value.vectors[0], caught.value.vectors[2]]), alone, atol=1e-5)
 
 
 def test_text_only_embedder(tiny_clip, embedder):

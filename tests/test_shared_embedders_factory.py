@@ -64,18 +64,25 @@ def test_auto_prefers_replicate_when_a_token_is_set(base, monkeypatch):
     assert embedder is sentinel and calls[0][0] is settings
 
 
-def test_auto_falls_back_to_mlx_text_only(base, monkeypatch):
-    sentinel = object()
-    calls = fake_backend(monkeypatch, "shared.clip.embedder", "MlxClipEmbedder", sentinel)
-    embedder, _ = make_text_embedder(base)
-    assert embedder is sentinel and calls[0][1] == {"text_only": True}
+def test_auto_falls_back_to_local_mlx_weights_text_only(base, tiny_clip):
+    settings = dataclasses.replace(base, clip_model_path=tiny_clip[0], expected_vector_dim=24)
+    embedder, reason = make_text_embedder(settings)
+    assert reason == "MLX CLIP" and not embedder.supports_images
+    assert embedder.embed_texts(["a red bicycle"]).shape == (1, 24)
 
 
-def test_mlx_without_weights_gives_the_backends_reason(base, monkeypatch):
-    fake_backend(monkeypatch, "shared.clip.embedder", "MlxClipEmbedder",
-                 error=FileNotFoundError("no CLIP weights in /models/clip"))
-    embedder, reason = make_text_embedder(dataclasses.replace(base, embedder="mlx"))
-    assert embedder is None and "no CLIP weights in /models/clip" in reason
+def test_auto_never_downloads_weights(base, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    embedder, reason = make_text_embedder(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"))
+    assert embedder is None
+    assert "no download was attempted" in reason and "CLIP_MODEL_PATH" in reason
+
+
+def test_mlx_without_weights_gives_the_backends_reason(base, tmp_path):
+    missing = tmp_path / "models" / "clip"
+    embedder, reason = make_text_embedder(dataclasses.replace(base, embedder="mlx", clip_model_path=missing))
+    assert embedder is None and str(missing) in reason
 
 
 def test_replicate_setup_error_never_repeats_the_token(base, monkeypatch):

@@ -17,7 +17,13 @@ from shared.clip.model import ClipModel
 from shared.clip.preprocess import PreprocessConfig, preprocess_bytes
 from shared.clip.tokenizer import ClipTokenizer
 from shared.clip.weights import resolve_checkpoint
-from shared.embedders.base import DimensionMismatch, EmbeddingError, ImageSource, normalise
+from shared.embedders.base import (
+    DimensionMismatch,
+    EmbeddingError,
+    ImageSource,
+    PartialFailure,
+    normalise,
+)
 from shared.settings import DEFAULT_CLIP_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ class MlxClipEmbedder:
     """CLIP in MLX behind the Embedder protocol; loads its weights once, on first use."""
 
     supports_texts = True
+    # Batches a backfill should keep in flight: one decoding while the other runs the model.
+    concurrency = 2
 
     def __init__(
         self,
@@ -52,6 +60,7 @@ class MlxClipEmbedder:
         expected_dim: int | None = None,
         batch_size: int = 8,
         decode_workers: int | None = None,
+        download: bool = True,
     ) -> None:
         self.model_name = model
         self.model_path = model_path
@@ -59,6 +68,7 @@ class MlxClipEmbedder:
         self.text_only = text_only
         self.expected_dim = expected_dim
         self.batch_size = batch_size
+        self.download = download
         # The model names the vectors; a local path is only where that model's files live.
         self.model_id = f"mlx:{model}"
         self.supports_images = not text_only
@@ -71,13 +81,19 @@ class MlxClipEmbedder:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, text_only: bool = False) -> MlxClipEmbedder:
-        """Build from the process's settings (CLIP_MODEL, CLIP_MODEL_PATH, EXPECTED_VECTOR_DIM)."""
+    def from_settings(
+        cls, settings: Settings, text_only: bool = False, download: bool = True
+    ) -> MlxClipEmbedder:
+        """Build from the process's settings (CLIP_MODEL, CLIP_MODEL_PATH, EXPECTED_VECTOR_DIM).
+
+        With `download=False` only a local folder or the Hugging Face cache is used.
+        """
         return cls(
             model=settings.clip_model,
             model_path=settings.clip_model_path,
             text_only=text_only,
             expected_dim=settings.expected_vector_dim,
+            download=download,
         )
 
     @property
@@ -94,7 +110,7 @@ class MlxClipEmbedder:
         return self._loaded
 
     def _load(self) -> _Loaded:
-        folder = resolve_checkpoint(self.model_name, self.model_path)
+        folder = resolve_checkpoint(self.model_name, self.model_path, download=self.download)
         model = load_model(folder, dtype=self.dtype or default_dtype(), text_only=self.text_only)
         config = model.config
         if self.expected_dim is not None and config.projection_dim != self.expected_dim:
@@ -119,15 +135,33 @@ class MlxClipEmbedder:
         return self._checked(np.concatenate(chunks))
 
     def embed_images(self, images: list[ImageSource]) -> np.ndarray:
-        """Return an (n, dimensions) float32 array, one unit vector per image."""
+        """Return an (n, dimensions) float32 array, one unit vector per image.
+
+        Images that cannot be decoded raise PartialFailure carrying the others' vectors.
+        """
         if not images:
             return np.empty((0, self.dimensions), dtype=np.float32)
         size = self.batch_size
         batches = (images[start : start + size] for start in range(0, len(images), size))
-        return np.concatenate(list(self.embed_image_batches(batches)))
+        vectors: dict[int, np.ndarray] = {}
+        errors: dict[int, EmbeddingError] = {}
+        offset = 0
+        for batch_vectors, batch_errors, count in self._embed_batches(batches):
+            vectors.update({offset + i: v for i, v in batch_vectors.items()})
+            errors.update({offset + i: e for i, e in batch_errors.items()})
+            offset += count
+        if errors:
+            raise PartialFailure(vectors, errors)
+        return np.stack([vectors[i] for i in range(len(images))])
 
     def embed_image_batches(self, batches: Iterable[list[ImageSource]]) -> Iterator[np.ndarray]:
         """Embed batch after batch, decoding the next batch on threads while the model runs."""
+        for vectors, errors, count in self._embed_batches(batches):
+            if errors:
+                raise PartialFailure(vectors, errors)
+            yield np.stack([vectors[i] for i in range(count)])
+
+    def _embed_batches(self, batches: Iterable[list[ImageSource]]):
         loaded = self.load()
         if self.text_only:
             raise EmbeddingError(f"{self.model_id} was loaded text-only; it cannot embed images")
@@ -159,13 +193,22 @@ class MlxClipEmbedder:
         except Exception as exc:  # Pillow raises many kinds; the caller needs to know which image
             raise ImageDecodeError(source.key, exc) from exc
 
-    def _run_images(self, futures: list[Future], loaded: _Loaded) -> np.ndarray:
-        if not futures:
-            return np.empty((0, loaded.model.config.projection_dim), dtype=np.float32)
-        pixels = np.stack([future.result() for future in futures])
+    def _run_images(self, futures: list[Future], loaded: _Loaded):
+        """(vectors by position, decode errors by position, batch size) for one batch."""
+        good: dict[int, np.ndarray] = {}
+        errors: dict[int, EmbeddingError] = {}
+        for i, future in enumerate(futures):
+            try:
+                good[i] = future.result()
+            except ImageDecodeError as exc:
+                errors[i] = exc
+        if not good:
+            return {}, errors, len(futures)
+        positions = sorted(good)
         with self._run_lock:
-            vectors = loaded.model.encode_images(pixels)
-        return self._checked(vectors)
+            vectors = loaded.model.encode_images(np.stack([good[i] for i in positions]))
+        checked = self._checked(vectors)
+        return dict(zip(positions, checked)), errors, len(futures)
 
     def _checked(self, vectors: np.ndarray) -> np.ndarray:
         expected = self.expected_dim or self.load().model.config.projection_dim

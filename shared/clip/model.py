@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import mlx.core as mx
 import numpy as np
@@ -140,8 +141,10 @@ class ClipModel(nn.Module):
         # On a CPU, MLX runs element-wise work (activations, softmax) on one thread per
         # stream; splitting an image batch over one stream per core uses all of them.
         on_cpu = mx.default_device() == mx.cpu
-        count = min(os.cpu_count() or 1, 8) if on_cpu else 1
-        self._image_streams = [mx.new_stream(mx.cpu) for _ in range(count)] if count > 1 else []
+        self._stream_count = min(os.cpu_count() or 1, 8) if on_cpu else 1
+        # MLX streams belong to the thread that made them: each calling thread (a web server's
+        # request threads, the backfill's workers) gets its own set, made on first use.
+        self._per_thread = threading.local()
         # Fusing the element-wise work (activations, norms, residuals) saves ~10-40% on a CPU.
         self._text_fn = mx.compile(self.text_features) if compiled else self.text_features
         self._image_fn = mx.compile(self.image_features) if compiled else self.image_features
@@ -177,16 +180,25 @@ class ClipModel(nn.Module):
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a (batch, H, W, 3) float32 array of preprocessed images as unit vectors."""
-        parts = min(len(self._image_streams), len(pixels))
+        parts = min(self._stream_count, len(pixels))
         if parts <= 1:
             return _unit_rows(self._image_fn(mx.array(pixels)))
         outputs = []
-        for chunk, stream in zip(np.array_split(pixels, parts), self._image_streams):
+        for chunk, stream in zip(np.array_split(pixels, parts), self._image_streams()):
             with mx.stream(stream):
                 outputs.append(self._image_fn(mx.array(chunk)))
         with blas_threads(1):  # one core per stream, rather than every stream using them all
             mx.eval(outputs)
         return _unit_rows(mx.concatenate(outputs))
+
+
+    def _image_streams(self) -> list:
+        streams = getattr(self._per_thread, "streams", None)
+        if streams is None:
+            streams = self._per_thread.streams = [
+                mx.new_stream(mx.cpu) for _ in range(self._stream_count)
+            ]
+        return streams
 
 
 def pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:

@@ -31,31 +31,35 @@ class ModelNotAvailable(EmbeddingError):
     """The CLIP weights could be neither found locally nor downloaded."""
 
 
-def resolve_checkpoint(model: str, model_path: Path | None = None) -> Path:
-    """Return a folder holding config.json and model.safetensors, downloading if needed."""
+def resolve_checkpoint(model: str, model_path: Path | None = None, download: bool = True) -> Path:
+    """Return a folder holding config.json and model.safetensors, downloading if allowed."""
     if model_path is not None:
         return _check_folder(Path(model_path).expanduser(), f"CLIP_MODEL_PATH={model_path}")
     if Path(model).expanduser().is_dir():  # a folder given as the model name works too
         return _check_folder(Path(model).expanduser(), f"CLIP_MODEL={model}")
-    return _check_folder(_download(model), f"the Hugging Face repo {model}")
+    return _check_folder(_download(model, download), f"the Hugging Face repo {model}")
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, download: bool = True) -> Path:
     """Fetch the needed files into the standard Hugging Face cache (with its progress bars)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    log.info(
-        "fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id
-    )
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=NEEDED_FILES))
-    except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
-        tried = (
-            "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
-            if constants.HF_HUB_OFFLINE
-            else f"the Hugging Face cache and a download from {constants.ENDPOINT}"
+    if download:
+        log.info(
+            "fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id
         )
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=NEEDED_FILES, local_files_only=not download)
+        )
+    except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
+        if not download:
+            tried = "the Hugging Face cache only (no download was attempted)"
+        elif constants.HF_HUB_OFFLINE:
+            tried = "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
+        else:
+            tried = f"the Hugging Face cache and a download from {constants.ENDPOINT}"
         raise ModelNotAvailable(
             f"could not get the CLIP weights {repo_id!r}: tried {tried}, which failed "
             f"({type(exc).__name__}: {_first_line(exc)}). "

@@ -28,10 +28,10 @@ def make_text_embedder(settings: Settings) -> tuple[Embedder | None, str]:
     if choice == "replicate":
         return _replicate(settings)
     if choice == "mlx":
-        return _mlx(settings)
+        return _mlx(settings, download=True)
     if settings.replicate_api_token:
         return _replicate(settings)
-    embedder, reason = _mlx(settings)
+    embedder, reason = _mlx(settings, download=False)
     if embedder is not None:
         return embedder, reason
     return None, f"no embedder is available: no REPLICATE_API_TOKEN is set, and {reason}"
@@ -51,12 +51,18 @@ def _replicate(settings: Settings) -> tuple[Embedder | None, str]:
         return None, f"the Replicate embedder could not be set up: {exc}"
 
 
-def _mlx(settings: Settings) -> tuple[Embedder | None, str]:
+def _mlx(settings: Settings, download: bool) -> tuple[Embedder | None, str]:
+    """CLIP's text tower in MLX, loaded now so errors show at start-up, not at the first query.
+
+    'auto' never downloads (a 1.7 GB surprise); EMBEDDER=mlx may.
+    """
     try:
         from ..clip.embedder import MlxClipEmbedder
     except ImportError:
         return None, "MLX CLIP is not installed (pip install 'image-browser[mlx]')"
     try:
-        return MlxClipEmbedder.from_settings(settings, text_only=True), "MLX CLIP"
+        embedder = MlxClipEmbedder.from_settings(settings, text_only=True, download=download)
+        embedder.load()
+        return embedder, "MLX CLIP"
     except Exception as exc:  # missing weights and the like: the backend's message says which
         return None, f"MLX CLIP has no usable local weights: {exc}"
