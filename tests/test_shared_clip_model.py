@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -189,7 +191,13 @@ def test_length_buckets_and_limit():
 
 def test_batch_split_over_cpu_streams_changes_nothing(tiny_clip):
     model = load_model(tiny_clip[0])
+    model._stream_count = 2  # split even where this machine has one core
     pixels = random_pixels(5, TINY_VISION["image_size"], seed=9)
     split = model.encode_images(pixels)
-    model._image_streams = []  # one stream, the whole batch at once
-    np.testing.assert_allclose(split, model.encode_images(pixels), atol=1e-5)
+    # From another thread, whose streams are its own (MLX streams are per thread).
+    with ThreadPoolExecutor(1) as other:
+        from_other_thread = other.submit(model.encode_images, pixels).result()
+    model._stream_count = 1  # one stream, the whole batch at once
+    whole = model.encode_images(pixels)
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+    np.testing.assert_allclose(from_other_thread, whole, atol=1e-5)
