@@ -57,8 +57,13 @@ def _auto(settings: Settings) -> Embedder:
     """Replicate when a token is set, else CLIP in MLX with weights already on this machine."""
     if settings.replicate_api_token:
         return _replicate(settings)
-    from shared.clip.embedder import MlxClipEmbedder
-
+    try:
+        from shared.clip.embedder import MlxClipEmbedder
+    except ImportError as exc:
+        raise EmbeddingError(
+            "no embedder available: REPLICATE_API_TOKEN is not set, and MLX is not installed "
+            "(pip install 'image-browser[mlx]')"
+        ) from exc
     embedder = MlxClipEmbedder.from_settings(settings, download=False)
     try:
         embedder.load()
