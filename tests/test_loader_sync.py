@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import zlib
 import struct
 from pathlib import Path
@@ -198,7 +199,7 @@ def test_cli_json_summary_and_exit_code(db_url, wild_images, tmp_path):
     runner = CliRunner()
     env = cli_env(db_url, wild_images, tmp_path / "data")
     result = runner.invoke(loader_cli, ["sync", "--json"], env=env)
-    assert result.exit_code == 1  # the wild set holds broken files
+    assert result.exit_code == 1, result.output + "".join(traceback.format_exception(*result.exc_info))
     summary = json.loads(result.stdout)
     assert summary["new"] == 43 and len(summary["failed"]) == 7
     status = runner.invoke(loader_cli, ["status", "--json"], env=env)

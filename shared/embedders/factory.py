@@ -34,7 +34,7 @@ def make_text_embedder(settings: Settings) -> tuple[Embedder | None, str]:
     embedder, reason = _mlx(settings, download=False)
     if embedder is not None:
         return embedder, reason
-    return None, f"no embedder is available: no REPLICATE_API_TOKEN is set, and {reason}"
+    return None, f"no REPLICATE_API_TOKEN is set, and {reason}"
 
 
 def _replicate(settings: Settings) -> tuple[Embedder | None, str]:
@@ -65,4 +65,4 @@ def _mlx(settings: Settings, download: bool) -> tuple[Embedder | None, str]:
         embedder.load()
         return embedder, "MLX CLIP"
     except Exception as exc:  # missing weights and the like: the backend's message says which
-        return None, f"MLX CLIP has no usable local weights: {exc}"
+        return None, str(exc)
