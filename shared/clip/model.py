@@ -41,14 +41,7 @@ class TextTransformer(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         self.embeddings = TextEmbeddings(config)
-        self.encoder = Encoder(
-            config.hidden_size,
-            config.intermediate_size,
-            config.num_attention_heads,
-            config.num_hidden_layers,
-            config.hidden_act,
-            config.layer_norm_eps,
-        )
+        self.encoder = encoder_for(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def __call__(self, ids: mx.array, pool_at: mx.array) -> mx.array:
@@ -115,20 +108,25 @@ class VisionTransformer(nn.Module):
         self.pre_layrnorm = nn.LayerNorm(
             config.hidden_size, eps=config.layer_norm_eps
         )  # HF's spelling
-        self.encoder = Encoder(
-            config.hidden_size,
-            config.intermediate_size,
-            config.num_attention_heads,
-            config.num_hidden_layers,
-            config.hidden_act,
-            config.layer_norm_eps,
-        )
+        self.encoder = encoder_for(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def __call__(self, pixels: mx.array) -> mx.array:
         """Return the normalised class-token state for each image."""
         hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixels)))
         return self.post_layernorm(hidden[:, 0])
+
+
+def encoder_for(config: TextConfig | VisionConfig) -> Encoder:
+    """The transformer stack a tower's config describes."""
+    return Encoder(
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.num_hidden_layers,
+        config.hidden_act,
+        config.layer_norm_eps,
+    )
 
 
 class ClipModel(nn.Module):
