@@ -1,0 +1,109 @@
+"""The embedded Postgres: shared by several processes, not left broken by a killed one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.database import DatabaseError, connect, describe
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT = """
+import sys, time
+from shared.database import connect, start_embedded
+url = start_embedded(__import__("pathlib").Path(sys.argv[1]))
+with connect(url) as conn:
+    conn.execute("CREATE TABLE IF NOT EXISTS visits (who text)")
+    conn.execute("INSERT INTO visits VALUES (%s)", (sys.argv[2],))
+    rows = [who for (who,) in conn.execute("SELECT who FROM visits ORDER BY who")]
+print("ready", ",".join(rows), flush=True)
+if sys.argv[2] == "stays":
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def pgdata():
+    # Not under pytest's temporary root: see the pg_url fixture in conftest.py.
+    folder = Path(tempfile.mkdtemp(prefix="image-browser-db-test-"))
+    yield folder / "postgres"
+    if server_running(folder / "postgres"):  # a failed test may leave it up: stop it first
+        pid = int((folder / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # Postgres's "fast" shutdown
+        time.sleep(1)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_client(pgdata: Path, who: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CLIENT, str(pgdata), who], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def server_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_user_does_not_keep_the_server_forever(pgdata):
+    killed = run_client(pgdata, "stays")
+    assert killed.stdout.readline().startswith("ready")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.pid in json.loads((pgdata / ".handle_pids.json").read_text())
+
+    later = run_client(pgdata, "later")  # joins the running server, then exits cleanly
+    assert later.stdout.readline().startswith("ready")
+    assert later.wait(timeout=60) == 0
+
+    deadline = time.monotonic() + 10
+    while server_running(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server_running(pgdata), "the last live user should stop the server"
+
+    again = run_client(pgdata, "again")  # and it starts again with every row kept
+    assert again.stdout.readline().split() == ["ready", "again,later,stays"]
+    assert again.wait(timeout=60) == 0
+    assert not server_running(pgdata)
+
+
+def test_two_processes_share_one_server(pgdata):
+    first = run_client(pgdata, "stays")
+    assert first.stdout.readline().startswith("ready")
+    second = run_client(pgdata, "second")
+    assert second.stdout.readline().split() == ["ready", "second,stays"]
+    assert second.wait(timeout=60) == 0
+    assert server_running(pgdata), "still in use by the first process"
+    first.send_signal(signal.SIGINT)  # a clean exit: the last user stops the server
+    first.wait()
+    deadline = time.monotonic() + 10
+    while server_running(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server_running(pgdata)
+
+
+def test_unreachable_database_is_a_clear_error():
+    with pytest.raises(DatabaseError, match="could not connect"):
+        connect("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+
+
+def test_describe_never_shows_the_password(tmp_path):
+    settings = Settings(images_dir=tmp_path, data_dir=tmp_path,
+                        database_url="postgresql://postgres.abc:s3cret@db.example.com:6543/postgres")
+    assert "s3cret" not in describe(settings) and "db.example.com:6543" in describe(settings)
