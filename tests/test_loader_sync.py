@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,3 +292,18 @@ def test_thumbnail_matches_exif_transpose_for_every_orientation(orientation):
         thumb = np.asarray(Image.open(io.BytesIO(make_thumbnail(image))), np.int16)
     assert thumb.shape == expected.shape
     assert np.abs(thumb - expected).mean() < 8  # JPEG noise only: the red block is in place
+
+
+def test_rows_from_before_thumbnails_get_one_and_keep_their_embedding(store, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "old.jpg")
+    sync(store, images)
+    # As a row written by an older release looks: no thumbnail, but an embedding.
+    store.conn.execute("UPDATE image_embeddings SET thumbnail_key = NULL, embedding = %s",
+                       (np.ones(768, np.float32),))
+    shutil.rmtree(tmp_path / "thumbs")
+    report = sync(store, images)
+    assert report.thumbnails == 1 and report.unchanged == 1 and report.changed == 0
+    thumb = rows(store)["old.jpg"][3]
+    assert thumb and (tmp_path / "thumbs" / thumb).is_file()
+    assert store.counts()["embedded"] == 1
