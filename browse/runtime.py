@@ -29,16 +29,33 @@ UPLOAD_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class SearchUnavailable(Exception):
+class SearchError(Exception):
+    """A search could not be answered: its HTTP status, JSON code and what happened."""
+
+    status = 503
+    code = "search_failed"
+    outcome = "failed"
+
+
+class SearchUnavailable(SearchError):
     """Search cannot run at all (no embedder, wrong dimensions); the message says why and how."""
 
+    code = "search_unavailable"
+    outcome = "is off"
 
-class EmbedTimeout(Exception):
+
+class EmbedTimeout(SearchError):
     """The embedder did not answer in time."""
 
+    status = 504
+    code = "embedder_timeout"
+    outcome = "timed out"
 
-class EmbedFailed(Exception):
+
+class EmbedFailed(SearchError):
     """The embedder answered with an error."""
+
+    code = "embedder_failed"
 
 
 class BadUpload(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from .runtime import BadUpload, EmbedFailed, EmbedTimeout, SearchUnavailable, get_browse
+from .runtime import BadUpload, SearchError, get_browse
 
 API_PREFIX = "/api/"
 
@@ -14,9 +14,7 @@ def install(app: Flask) -> None:
     """Register the header hook and the error handlers."""
     app.after_request(_headers)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(SearchUnavailable, lambda e: _error(503, "search_unavailable", str(e)))
-    app.register_error_handler(EmbedTimeout, lambda e: _error(504, "embedder_timeout", str(e)))
-    app.register_error_handler(EmbedFailed, lambda e: _error(503, "embedder_failed", str(e)))
+    app.register_error_handler(SearchError, lambda e: _error(e.status, e.code, str(e)))
     app.register_error_handler(BadUpload, lambda e: _error(e.status, "bad_upload", str(e)))
 
 

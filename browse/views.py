@@ -8,7 +8,7 @@ from shared.embedders.factory import HOW_TO_ENABLE
 
 from . import library, media
 from .library import bounded_int
-from .runtime import BadUpload, EmbedFailed, EmbedTimeout, SearchUnavailable, get_browse
+from .runtime import BadUpload, SearchError, get_browse
 
 bp = Blueprint("browse", __name__, template_folder="templates", static_folder="static/browse",
                static_url_path="/static/browse")
@@ -49,12 +49,8 @@ def _search_page(query: str):
     else:
         try:
             hits = library.search_text(query, k)
-        except SearchUnavailable as exc:
-            error, status = f"Search is off: {exc}.", 503
-        except EmbedTimeout as exc:
-            error, status = f"Search timed out: {exc}.", 504
-        except EmbedFailed as exc:
-            error, status = f"Search failed: {exc}.", 503
+        except SearchError as exc:
+            error, status = f"Search {exc.outcome}: {exc}.", exc.status
     return render_template("browse/search.html", query=query, hits=hits, error=error), status
 
 
@@ -83,12 +79,8 @@ def upload_page():
             hits = library.search_upload(data, current_app.config["SEARCH_K"])
         except BadUpload as exc:
             error, status = f"That file cannot be used: {exc}.", exc.status
-        except SearchUnavailable as exc:
-            error, status = f"Search by image is off: {exc}.", 503
-        except EmbedTimeout as exc:
-            error, status = f"Search timed out: {exc}.", 504
-        except EmbedFailed as exc:
-            error, status = f"Search failed: {exc}.", 503
+        except SearchError as exc:
+            error, status = f"Search by image {exc.outcome}: {exc}.", exc.status
     return render_template("browse/upload.html", hits=hits, error=error,
                            max_bytes=current_app.config["MAX_UPLOAD_BYTES"]), status
 

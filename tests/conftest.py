@@ -78,6 +78,17 @@ def s3_endpoint() -> str:
 
 
 @pytest.fixture
+def server():
+    """The local stand-in for Replicate's API (tests/fake_replicate.py), with a short Retry-After."""
+    from fake_replicate import FakeReplicate
+
+    fake = FakeReplicate().start()
+    fake.retry_after = "0.2"
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
 def wild_images(tmp_path) -> Path:
     """A writable copy of the real-world test images (without the manifest)."""
     target = tmp_path / "wild"

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from browse_support import HOSTILE, WordEmbedder, build_library, png_bytes, text_vector
+from browse_support import HOSTILE, WordEmbedder, build_library, png_bytes
 
 from browse import create_app
 from shared.database import connect

@@ -207,7 +207,7 @@ def test_search_by_upload_and_by_drop(server, watched):
 
 def test_hostile_file_name_shows_as_text(server, watched):
     page = watched.page
-    page.goto(server + f"/?limit=60")
+    page.goto(server + "/?limit=60")
     captions = page.eval_on_selector_all("#grid .caption", "c => c.map(x => x.textContent)")
     assert HOSTILE in captions
     assert page.query_selector("img[src='x']") is None

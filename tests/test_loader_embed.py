@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from fake_replicate import TOKEN, FakeReplicate, fake_vector, unit
 
@@ -28,14 +27,6 @@ from shared.store import ImageRecord, ImageStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
-
-
-@pytest.fixture
-def server():
-    fake = FakeReplicate().start()
-    fake.retry_after = "0.2"
-    yield fake
-    fake.stop()
 
 
 def make_embedder(server: FakeReplicate, **kwargs) -> ReplicateEmbedder:

@@ -1,7 +1,5 @@
-import os
 import stat
 import subprocess
-from pathlib import Path
 
 from dotenv import dotenv_values
 

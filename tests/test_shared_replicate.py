@@ -23,14 +23,6 @@ from shared.settings import Settings
 FAST = Backoff(max_attempts=4, base_seconds=0.01, max_seconds=0.05)
 
 
-@pytest.fixture
-def server():
-    fake = FakeReplicate().start()
-    fake.retry_after = "0.2"
-    yield fake
-    fake.stop()
-
-
 def embedder(server: FakeReplicate, **kwargs) -> ReplicateEmbedder:
     values = dict(base_url=server.url, backoff=FAST, max_per_minute=60_000, poll_interval=0.01, timeout=5.0)
     values.update(kwargs)
