@@ -6,9 +6,7 @@ import json
 import logging
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -32,7 +30,7 @@ def database_url(settings: Settings) -> str:
 
 def describe(settings: Settings) -> str:
     """Say which database is in use without revealing a password."""
-    if settings.database_url is None:
+    if settings.embedded_database:
         return f"embedded Postgres in {settings.data_dir / 'postgres'}"
     info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
     host = info.get("host", "localhost")
@@ -114,9 +112,3 @@ def _register(conn: psycopg.Connection) -> None:
     except psycopg.ProgrammingError:
         pass
 
-
-@contextmanager
-def transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """A transaction on an autocommit connection."""
-    with conn.transaction():
-        yield conn

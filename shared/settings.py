@@ -62,11 +62,6 @@ class Settings:
         return self.database_url is None
 
     @property
-    def storage_kind(self) -> str:
-        """'r2' when R2 credentials are configured, else 'local'."""
-        return "r2" if self.r2 else "local"
-
-    @property
     def thumbnails_dir(self) -> Path:
         """Where thumbnails live when storage is local."""
         return self.data_dir / "thumbnails"

@@ -259,15 +259,6 @@ class ImageStore:
                     params,
                 )
 
-    def set_thumbnails(self, thumbnails: Iterable[tuple[str, str]]) -> None:
-        """Record thumbnail keys for rows that had none (filename, key)."""
-        params = [(key, name) for name, key in thumbnails]
-        if params:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE image_embeddings SET thumbnail_key = %s WHERE filename = %s", params
-                )
-
     def delete_images(self, filenames: list[str]) -> list[str]:
         """Delete rows; return the thumbnail keys no remaining row refers to."""
         if not filenames:

@@ -16,7 +16,7 @@ R2 = {
 def test_defaults_use_embedded_database_and_local_storage():
     settings = Settings.from_env({})
     assert settings.embedded_database
-    assert settings.storage_kind == "local"
+    assert settings.r2 is None
     assert settings.expected_vector_dim == 768
     assert settings.images_dir == Path("images").absolute()
 

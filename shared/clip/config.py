@@ -7,11 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Defaults are those of transformers' CLIPTextConfig / CLIPVisionConfig, used when a key
-# is missing from an older config.json.
-_TOWER_DEFAULTS = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
-
-
 @dataclass(frozen=True)
 class TextConfig:
     """Sizes of the text tower."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,14 +154,8 @@ class MlxClipEmbedder:
             raise PartialFailure(vectors, errors)
         return np.stack([vectors[i] for i in range(len(images))])
 
-    def embed_image_batches(self, batches: Iterable[list[ImageSource]]) -> Iterator[np.ndarray]:
-        """Embed batch after batch, decoding the next batch on threads while the model runs."""
-        for vectors, errors, count in self._embed_batches(batches):
-            if errors:
-                raise PartialFailure(vectors, errors)
-            yield np.stack([vectors[i] for i in range(count)])
-
     def _embed_batches(self, batches: Iterable[list[ImageSource]]):
+        """Embed batch after batch, decoding the next batch on threads while the model runs."""
         loaded = self.load()
         if self.text_only:
             raise EmbeddingError(f"{self.model_id} was loaded text-only; it cannot embed images")
