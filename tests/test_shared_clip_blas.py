@@ -101,3 +101,51 @@ def test_blas_threads_are_set_and_restored():
     with blas.blas_threads(1):
         assert lib.openblas_get_num_threads() == 1
     assert lib.openblas_get_num_threads() == before
+
+
+ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+flags\t\t: fpu sse2 avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+"""
+
+
+def test_openblas_gets_its_avx512_kernels_on_amd():
+    assert blas.openblas_coretype({}, ZEN5) == "SkylakeX"
+
+
+@pytest.mark.parametrize(
+    "environ,cpuinfo",
+    [
+        ({"OPENBLAS_CORETYPE": "Haswell"}, ZEN5),  # the user's choice stands
+        ({}, ZEN5.replace("AuthenticAMD", "GenuineIntel")),  # OpenBLAS knows Intel's own
+        ({}, ZEN5.replace(" avx512bw", "")),  # not every AVX-512 part SkylakeX needs
+        ({}, ""),  # no /proc/cpuinfo
+    ],
+    ids=["user-choice", "intel", "partial-avx512", "unknown-cpu"],
+)
+def test_openblas_chooses_for_itself_otherwise(environ, cpuinfo):
+    assert blas.openblas_coretype(environ, cpuinfo) is None
+
+
+@pytest.mark.skipif(not AVAILABLE, reason="no OpenBLAS installed")
+def test_kernels_are_chosen_at_load_and_the_environment_left_as_it_was():
+    code = (
+        "import os, shared.clip; from shared.clip import blas; info = blas.load_fast_blas();"
+        "print(info.name, info.core, os.environ.get('OPENBLAS_CORETYPE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    name, core, after = done.stdout.split()
+    if name != "openblas":
+        pytest.skip("the loaded BLAS is not OpenBLAS")
+    assert after == "None"  # the override was for the library's start only
+    if blas.openblas_coretype({}, blas._cpuinfo()) == "SkylakeX":
+        assert core == "SkylakeX"
