@@ -59,21 +59,32 @@ def tokenizer(tiny_clip) -> ClipTokenizer:
     return ClipTokenizer.from_folder(tiny_clip[0])
 
 
-@pytest.mark.parametrize("dtype,threshold", [("float32", 0.9999), ("float16", 0.999)])
-def test_tiny_text_matches_transformers(tiny_clip, tokenizer, dtype, threshold):
+# float32 runs both ways: as on a CPU (numpy steps, split products) and as one MLX graph,
+# the path a GPU takes; float16 is always one graph.
+PATHS = pytest.mark.parametrize(
+    "dtype,cpu_path,threshold",
+    [("float32", True, 0.9999), ("float32", False, 0.9999), ("float16", False, 0.999)],
+    ids=["float32-cpu-path", "float32-one-graph", "float16"],
+)
+
+
+@PATHS
+def test_tiny_text_matches_transformers(tiny_clip, tokenizer, dtype, cpu_path, threshold):
     folder, reference = tiny_clip
-    ours = load_model(folder, dtype=dtype).encode_text(tokenizer.encode(TEXTS))
+    model = load_model(folder, dtype=dtype, cpu_path=cpu_path)
+    assert model.cpu_path is cpu_path
+    ours = model.encode_text(tokenizer.encode(TEXTS))
     expected = reference_text(reference, tokenizer.encode_padded(TEXTS))
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 24)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert cosines(ours, expected).min() >= threshold
 
 
-@pytest.mark.parametrize("dtype,threshold", [("float32", 0.9999), ("float16", 0.999)])
-def test_tiny_images_match_transformers(tiny_clip, dtype, threshold):
+@PATHS
+def test_tiny_images_match_transformers(tiny_clip, dtype, cpu_path, threshold):
     folder, reference = tiny_clip
     pixels = random_pixels(3, TINY_VISION["image_size"])
-    ours = load_model(folder, dtype=dtype).encode_images(pixels)
+    ours = load_model(folder, dtype=dtype, cpu_path=cpu_path).encode_images(pixels)
     assert ours.dtype == np.float32 and ours.shape == (3, 24)
     assert cosines(ours, reference_images(reference, pixels)).min() >= threshold
 
@@ -163,17 +174,22 @@ def test_vit_large_architecture_matches_transformers(tmp_path_factory, clip_toke
     )
     tokenizer = ClipTokenizer.from_folder(clip_tokenizer_dir)
     texts = ["a photo of a cat", "two dogs playing in the snow at sunset"]
+    expected_text = reference_text(reference, tokenizer.encode_padded(texts))
+    pixels = random_pixels(2, 224)
+    expected_images = reference_images(reference, pixels)
     model = load_model(folder)
-    ours = model.encode_text(tokenizer.encode(texts))
-    assert ours.shape == (2, 768)
-    assert cosines(ours, reference_text(reference, tokenizer.encode_padded(texts))).min() >= 0.9999
-    pixels = random_pixels(1, 224)
-    assert cosines(model.encode_images(pixels), reference_images(reference, pixels)).min() >= 0.9999
+    for cpu_path in (True, False):  # one model, both ways of running it
+        model.cpu_path = cpu_path
+        ours = model.encode_text(tokenizer.encode(texts))
+        assert ours.shape == (2, 768)
+        assert cosines(ours, expected_text).min() >= 0.9999
+        assert cosines(model.encode_images(pixels), expected_images).min() >= 0.9999
+        assert cosines(model.encode_images(pixels[:1]), expected_images[:1]).min() >= 0.9999
 
 
-def test_compiled_and_eager_paths_agree(tiny_clip, tokenizer):
-    compiled = load_model(tiny_clip[0])
-    eager = load_model(tiny_clip[0], compiled=False)
+def test_compiled_and_eager_graphs_agree(tiny_clip, tokenizer):
+    compiled = load_model(tiny_clip[0], cpu_path=False)
+    eager = load_model(tiny_clip[0], compiled=False, cpu_path=False)
     ids = tokenizer.encode(TEXTS)
     np.testing.assert_allclose(compiled.encode_text(ids), eager.encode_text(ids), atol=1e-5)
     pixels = random_pixels(2, TINY_VISION["image_size"])
@@ -189,15 +205,20 @@ def test_length_buckets_and_limit():
         pack_tokens([[1] * 78], eos_token_id=49407)
 
 
-def test_batch_split_over_cpu_streams_changes_nothing(tiny_clip):
-    model = load_model(tiny_clip[0])
-    model._stream_count = 2  # split even where this machine has one core
+def test_cpu_path_splits_change_nothing(tiny_clip, tokenizer):
+    """Products split by columns over streams, a batch split over worker threads, and calls
+    from other threads (MLX streams are per thread) give the one-graph answers."""
+    graph = load_model(tiny_clip[0], cpu_path=False)
+    model = load_model(tiny_clip[0], cpu_path=True)
+    model._cores = 3  # split even on a one-core machine, and unevenly
+    ids = tokenizer.encode(TEXTS)
     pixels = random_pixels(5, TINY_VISION["image_size"], seed=9)
-    split = model.encode_images(pixels)
-    # From another thread, whose streams are its own (MLX streams are per thread).
-    with ThreadPoolExecutor(1) as other:
-        from_other_thread = other.submit(model.encode_images, pixels).result()
-    model._stream_count = 1  # one stream, the whole batch at once
-    whole = model.encode_images(pixels)
-    np.testing.assert_allclose(split, whole, atol=1e-5)
-    np.testing.assert_allclose(from_other_thread, whole, atol=1e-5)
+    expected_text, expected_images = graph.encode_text(ids), graph.encode_images(pixels)
+    np.testing.assert_allclose(model.encode_text(ids), expected_text, atol=1e-5)
+    np.testing.assert_allclose(model.encode_images(pixels), expected_images, atol=1e-5)
+    np.testing.assert_allclose(model.encode_images(pixels[:1]), expected_images[:1], atol=1e-5)
+    with ThreadPoolExecutor(2) as others:
+        texts = others.submit(model.encode_text, ids)
+        images = others.submit(model.encode_images, pixels)
+        np.testing.assert_allclose(texts.result(), expected_text, atol=1e-5)
+        np.testing.assert_allclose(images.result(), expected_images, atol=1e-5)

@@ -44,6 +44,33 @@ def activation(name: str) -> Callable[[mx.array], mx.array]:
         ) from None
 
 
+class GraphOps:
+    """The steps of a layer that have more than one implementation, done in one MLX graph.
+
+    This is the default: lazy, compilable, and what the GPU runs. On a CPU, `shared.clip.cpu`
+    swaps in numpy for the exp-heavy steps and splits matrix products over threads.
+    """
+
+    def linear(self, layer: nn.Linear, x: mx.array) -> mx.array:
+        """A projection."""
+        return layer(x)
+
+    def attention(
+        self, q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool
+    ) -> mx.array:
+        """Softmax attention over (batch, heads, length, head_dims) arrays."""
+        return mx.fast.scaled_dot_product_attention(
+            q, k, v, scale=scale, mask="causal" if causal else None
+        )
+
+    def activation(self, name: str, x: mx.array) -> mx.array:
+        """The feed-forward activation `name` (a transformers hidden_act)."""
+        return ACTIVATIONS[name](x)
+
+
+GRAPH = GraphOps()
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v projections (HF key names)."""
 
@@ -58,18 +85,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dims, dims)
         self.out_proj = nn.Linear(dims, dims)
 
-    def __call__(self, x: mx.array, causal: bool) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool, ops: GraphOps = GRAPH) -> mx.array:
         """Attend over the sequence; `causal` hides later positions (text tower)."""
         batch, length, dims = x.shape
 
         def split(t: mx.array) -> mx.array:
             return t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3)
 
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        out = mx.fast.scaled_dot_product_attention(
-            q, k, v, scale=self.scale, mask="causal" if causal else None
-        )
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, dims))
+        q, k, v = (split(ops.linear(p, x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = ops.attention(q, k, v, self.scale, causal)
+        return ops.linear(self.out_proj, out.transpose(0, 2, 1, 3).reshape(batch, length, dims))
 
 
 class MLP(nn.Module):
@@ -79,11 +104,12 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dims, hidden)
         self.fc2 = nn.Linear(hidden, dims)
-        self.act = activation(act)
+        activation(act)  # refuse an unknown name when the model is built, not on first use
+        self.act = act
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, ops: GraphOps = GRAPH) -> mx.array:
         """Apply the feed-forward block."""
-        return self.fc2(self.act(self.fc1(x)))
+        return ops.linear(self.fc2, ops.activation(self.act, ops.linear(self.fc1, x)))
 
 
 class EncoderLayer(nn.Module):
@@ -96,10 +122,10 @@ class EncoderLayer(nn.Module):
         self.mlp = MLP(dims, hidden, act)
         self.layer_norm2 = nn.LayerNorm(dims, eps=eps)
 
-    def __call__(self, x: mx.array, causal: bool) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool, ops: GraphOps = GRAPH) -> mx.array:
         """Run the block."""
-        x = x + self.self_attn(self.layer_norm1(x), causal)
-        return x + self.mlp(self.layer_norm2(x))
+        x = x + self.self_attn(self.layer_norm1(x), causal, ops)
+        return x + self.mlp(self.layer_norm2(x), ops)
 
 
 class Encoder(nn.Module):
@@ -109,8 +135,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = [EncoderLayer(dims, hidden, heads, act, eps) for _ in range(depth)]
 
-    def __call__(self, x: mx.array, causal: bool = False) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool = False, ops: GraphOps = GRAPH) -> mx.array:
         """Run every layer in turn."""
         for layer in self.layers:
-            x = layer(x, causal)
+            x = layer(x, causal, ops)
         return x

@@ -19,13 +19,22 @@ def default_dtype() -> str:
 
 
 def load_model(
-    folder: Path, dtype: str = "float32", text_only: bool = False, compiled: bool = True
+    folder: Path,
+    dtype: str = "float32",
+    text_only: bool = False,
+    compiled: bool = True,
+    cpu_path: bool | None = None,
 ) -> ClipModel:
-    """Read config.json and model.safetensors from `folder` into a ready-to-run model."""
+    """Read config.json and model.safetensors from `folder` into a ready-to-run model.
+
+    `cpu_path` (see `shared.clip.cpu`) defaults to on for float32 on MLX's CPU backend.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if cpu_path is None:
+        cpu_path = mx.default_device() == mx.cpu and dtype == "float32"
     config = ClipConfig.from_file(folder / "config.json")
-    model = ClipModel(config, text_only=text_only, compiled=compiled)
+    model = ClipModel(config, text_only=text_only, compiled=compiled, cpu_path=cpu_path)
     tensors = to_mlx_layout(read_tensors(folder, text_only=text_only))
     target = DTYPES[dtype]
     weights = [(key, mx.array(value).astype(target)) for key, value in tensors.items()]

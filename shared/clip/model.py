@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
 import numpy as np
@@ -11,7 +12,8 @@ from mlx import nn
 
 from shared.clip.blas import blas_threads
 from shared.clip.config import ClipConfig, TextConfig, VisionConfig
-from shared.clip.layers import Encoder
+from shared.clip.cpu import CpuOps
+from shared.clip.layers import GRAPH, Encoder, GraphOps
 
 # Text batches are padded up to one of these lengths, so that mx.compile traces a handful
 # of shapes instead of one per query length (padding after the end token changes nothing).
@@ -44,9 +46,9 @@ class TextTransformer(nn.Module):
         self.encoder = encoder_for(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def __call__(self, ids: mx.array, pool_at: mx.array) -> mx.array:
+    def __call__(self, ids: mx.array, pool_at: mx.array, ops: GraphOps = GRAPH) -> mx.array:
         """Return the normalised hidden state at `pool_at[i]` for each sequence i."""
-        hidden = self.encoder(self.embeddings(ids), causal=True)
+        hidden = self.encoder(self.embeddings(ids), causal=True, ops=ops)
         pooled = hidden[mx.arange(ids.shape[0]), pool_at]
         return self.final_layer_norm(
             pooled
@@ -111,9 +113,9 @@ class VisionTransformer(nn.Module):
         self.encoder = encoder_for(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def __call__(self, pixels: mx.array) -> mx.array:
+    def __call__(self, pixels: mx.array, ops: GraphOps = GRAPH) -> mx.array:
         """Return the normalised class-token state for each image."""
-        hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixels)))
+        hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixels)), ops=ops)
         return self.post_layernorm(hidden[:, 0])
 
 
@@ -132,18 +134,26 @@ def encoder_for(config: TextConfig | VisionConfig) -> Encoder:
 class ClipModel(nn.Module):
     """Both towers (or the text tower alone) and their projections into the shared space."""
 
-    def __init__(self, config: ClipConfig, text_only: bool = False, compiled: bool = True) -> None:
+    def __init__(
+        self,
+        config: ClipConfig,
+        text_only: bool = False,
+        compiled: bool = True,
+        cpu_path: bool = False,
+    ) -> None:
+        """`cpu_path`: run as `shared.clip.cpu` describes (float32 on MLX's CPU backend);
+        otherwise each pass is one MLX graph, compiled unless `compiled` is False."""
         super().__init__()
         self.config = config
         self.text_only = text_only
-        # On a CPU, MLX runs element-wise work (activations, softmax) on one thread per
-        # stream; splitting an image batch over one stream per core uses all of them.
-        on_cpu = mx.default_device() == mx.cpu
-        self._stream_count = min(os.cpu_count() or 1, 8) if on_cpu else 1
+        self.cpu_path = cpu_path
+        self._cores = _usable_cores() if cpu_path else 1
         # MLX streams belong to the thread that made them: each calling thread (a web server's
-        # request threads, the backfill's workers) gets its own set, made on first use.
+        # request threads, the image workers) gets its own set, made on first use.
         self._per_thread = threading.local()
-        # Fusing the element-wise work (activations, norms, residuals) saves ~10-40% on a CPU.
+        self._workers: ThreadPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
+        # Fusing the element-wise work (activations, norms, residuals) into one graph.
         self._text_fn = mx.compile(self.text_features) if compiled else self.text_features
         self._image_fn = mx.compile(self.image_features) if compiled else self.image_features
         self.text_model = TextTransformer(config.text)
@@ -160,43 +170,71 @@ class ClipModel(nn.Module):
         """The dtype the weights are held in."""
         return self.text_projection.weight.dtype
 
-    def text_features(self, ids: mx.array, pool_at: mx.array) -> mx.array:
+    def text_features(self, ids: mx.array, pool_at: mx.array, ops: GraphOps = GRAPH) -> mx.array:
         """Projected (not yet normalised) text embeddings."""
-        return self.text_projection(self.text_model(ids, pool_at))
+        return self.text_projection(self.text_model(ids, pool_at, ops))
 
-    def image_features(self, pixels: mx.array) -> mx.array:
+    def image_features(self, pixels: mx.array, ops: GraphOps = GRAPH) -> mx.array:
         """Projected (not yet normalised) image embeddings from NHWC pixels."""
         if self.text_only:
             raise RuntimeError("this CLIP model was loaded without its vision tower")
-        return self.visual_projection(self.vision_model(pixels.astype(self.dtype)))
+        return self.visual_projection(self.vision_model(pixels.astype(self.dtype), ops))
 
     def encode_text(self, token_ids: list[list[int]]) -> np.ndarray:
         """Embed tokenised texts (each with its start and end tokens) as unit float32 vectors."""
         limit = self.config.text.max_position_embeddings
         ids, pool_at = pack_tokens(token_ids, self.config.text.eos_token_id, limit)
-        return _unit_rows(self._text_fn(mx.array(ids), mx.array(pool_at)))
+        ids, pool_at = mx.array(ids), mx.array(pool_at)
+        if not self.cpu_path:
+            return _unit_rows(self._text_fn(ids, pool_at))
+        streams = self._thread_streams()
+        with blas_threads(1), mx.stream(streams[0]):  # one BLAS thread per stream
+            features = self.text_features(ids, pool_at, CpuOps(streams))
+            mx.eval(features)
+        return _unit_rows(features)
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a (batch, H, W, 3) float32 array of preprocessed images as unit vectors."""
-        parts = min(self._stream_count, len(pixels))
-        if parts <= 1:
+        if not self.cpu_path:
             return _unit_rows(self._image_fn(mx.array(pixels)))
-        outputs = []
-        for chunk, stream in zip(np.array_split(pixels, parts), self._image_streams()):
-            with mx.stream(stream):
-                outputs.append(self._image_fn(mx.array(chunk)))
-        with blas_threads(1):  # one core per stream, rather than every stream using them all
-            mx.eval(outputs)
-        return _unit_rows(mx.concatenate(outputs))
+        with blas_threads(1):  # one BLAS thread per stream
+            if len(pixels) == 1 or self._cores == 1:
+                return _unit_rows(self._cpu_images(pixels, self._thread_streams()))
+            # Images are independent: each core takes a share of the batch, all steps.
+            shares = np.array_split(pixels, min(self._cores, len(pixels)))
+            done = self._image_workers().map(self._cpu_images_on_worker, shares)
+            return _unit_rows(np.concatenate(list(done)))
 
+    def _cpu_images(self, pixels: np.ndarray, streams: list[mx.Stream]) -> np.ndarray:
+        with mx.stream(streams[0]):
+            features = self.image_features(mx.array(pixels), CpuOps(streams))
+            mx.eval(features)
+        return np.array(features)
 
-    def _image_streams(self) -> list:
+    def _cpu_images_on_worker(self, pixels: np.ndarray) -> np.ndarray:
+        return self._cpu_images(pixels, self._thread_streams()[:1])
+
+    def _image_workers(self) -> ThreadPoolExecutor:
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(self._cores, thread_name_prefix="clip-cpu")
+            return self._workers
+
+    def _thread_streams(self) -> list[mx.Stream]:
+        """The calling thread's CPU streams, one per core (made on its first call)."""
         streams = getattr(self._per_thread, "streams", None)
         if streams is None:
-            streams = self._per_thread.streams = [
-                mx.new_stream(mx.cpu) for _ in range(self._stream_count)
-            ]
+            streams = self._per_thread.streams = [mx.new_stream(mx.cpu) for _ in range(self._cores)]
         return streams
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells), at most 8."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        count = os.cpu_count() or 1
+    return max(1, min(count, 8))
 
 
 def pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
@@ -227,7 +265,7 @@ def pack_tokens(
     return batch, pool_positions(batch, eos_token_id).astype(np.int32)
 
 
-def _unit_rows(features: mx.array) -> np.ndarray:
-    features = features.astype(mx.float32)
-    features = features / mx.linalg.norm(features, axis=-1, keepdims=True)
-    return np.array(features, copy=False).astype(np.float32, copy=False)
+def _unit_rows(features: mx.array | np.ndarray) -> np.ndarray:
+    if isinstance(features, mx.array):
+        features = np.array(features.astype(mx.float32))  # numpy has no bfloat16
+    return features / np.linalg.norm(features, axis=-1, keepdims=True)
