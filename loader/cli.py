@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -120,6 +121,13 @@ def _print_sync_summary(report) -> None:
         + (f", pruned {report.pruned}" if report.pruned else "")
         + (f" ({mb:.1f} MB read in {report.seconds:.1f} s)" if report.bytes_read else "")
     )
+    if report.leased_elsewhere:
+        until = datetime.fromisoformat(report.leases_end).astimezone().strftime("%H:%M:%S")
+        click.echo(
+            f"{report.leased_elsewhere} images are leased by another worker (or one that was "
+            f"stopped); if it does not finish them, run embed again after {until}, when its "
+            "leases end (--lease sets their length)"
+        )
     for failure in report.failed:
         click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
 
@@ -173,6 +181,13 @@ def _print_embed_summary(report) -> None:
         f"embedded {report.embedded} with {report.model}, shared with identical images {report.shared}, "
         f"failed {len(report.failed)} ({report.seconds:.1f} s, {report.per_minute:.0f} images/min)"
     )
+    if report.leased_elsewhere:
+        until = datetime.fromisoformat(report.leases_end).astimezone().strftime("%H:%M:%S")
+        click.echo(
+            f"{report.leased_elsewhere} images are leased by another worker (or one that was "
+            f"stopped); if it does not finish them, run embed again after {until}, when its "
+            "leases end (--lease sets their length)"
+        )
     for failure in report.failed:
         click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
     if report.error:

@@ -101,6 +101,8 @@ class EmbedReport:
     shared: int = 0  # rows that got the vector of an identical image
     failed: list[dict[str, str]] = field(default_factory=list)
     error: str | None = None  # why the run stopped early, if it did
+    leased_elsewhere: int = 0  # rows left to other workers' live leases (or a killed one's)
+    leases_end: str | None = None  # when the last of those leases runs out (ISO 8601)
     seconds: float = 0.0
     db_seconds: float = 0.0
 
@@ -142,6 +144,8 @@ def run_embed(
     with tqdm(total=min(total, options.limit or total), unit="img", desc="embed", file=sys.stderr,
               disable=progress is False or not total, smoothing=0.05) as backfill.bar:
         backfill.run()
+    count, until = store.leased_elsewhere(report.worker)
+    report.leased_elsewhere, report.leases_end = count, until.isoformat() if until else None
     report.seconds = round(time.perf_counter() - started, 3)
     report.db_seconds = round(report.db_seconds, 3)
     return report

@@ -59,18 +59,26 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def prepare_decoders(max_pixels: int) -> None:
-    """Register HEIF and make oversized images an error rather than a warning (per process)."""
+def register_decoders() -> None:
+    """Teach Pillow HEIF, and keep quiet about broken EXIF blocks (once per process).
+
+    Broken EXIF blocks are common in real photos and harmless to the pixels; Pillow's warning
+    names no file and would break into progress bars.
+    """
     global _opener_registered
     if not _opener_registered:
         from pillow_heif import register_heif_opener
 
         register_heif_opener()
+        warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
         _opener_registered = True
+
+
+def prepare_decoders(max_pixels: int) -> None:
+    """register_decoders(), and make oversized images an error rather than a warning."""
+    register_decoders()
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-    # Broken EXIF blocks are common in real photos and harmless to the pixels.
-    warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 
 def inspect_image(

@@ -407,6 +407,17 @@ class ImageStore:
             (worker_id, ids),
         ).rowcount
 
+    def leased_elsewhere(self, worker_id: str) -> tuple[int, datetime | None]:
+        """Rows still without a vector that other workers hold live leases on, and when the
+        last of those leases runs out (a killed worker's rows wait for that)."""
+        count, until = self.conn.execute(
+            """SELECT count(*), max(claim_expires_at) FROM image_embeddings
+               WHERE embedding IS NULL AND claimed_by IS NOT NULL AND claimed_by <> %s
+                 AND claim_expires_at >= now()""",
+            (worker_id,),
+        ).fetchone()
+        return count, until
+
     # --- status -----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:

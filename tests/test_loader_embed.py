@@ -211,6 +211,7 @@ def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(store, se
 
     at_once = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
     assert at_once.embedded == 12 - len(done_before) - len(held)  # the dead worker's leases still hold
+    assert at_once.leased_elsewhere == len(held) and at_once.leases_end  # and the run says so
     time.sleep(2.1)
     later = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
     assert later.embedded == len(held) and later.failed == []
@@ -233,3 +234,14 @@ def test_cli_json_summary_and_exit_codes(settings, server, store):
 
     result = CliRunner().invoke(main, ["embed"], env={**env, "REPLICATE_API_TOKEN": ""})
     assert result.exit_code == 1 and "REPLICATE_API_TOKEN is not set" in result.output
+
+
+def test_cli_says_which_images_wait_for_another_workers_leases(settings, server, store):
+    seed(store, settings.images_dir, many(4))
+    store.claim_batch("someone-else", 2, lease_seconds=600, model_id=make_embedder(server).model_id)
+    env = {k: v for k, v in loader_env(settings, server).items() if k != "PYTHONPATH"}
+    result = CliRunner().invoke(main, ["embed"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "embedded 2 with" in result.output
+    assert "2 images are leased by another worker (or one that was stopped)" in result.output
+    assert "run embed again after " in result.output

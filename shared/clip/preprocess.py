@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared.imagefile import register_decoders
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -51,7 +53,7 @@ class PreprocessConfig:
 
 def decode(data: bytes) -> Image.Image:
     """Open image bytes (HEIC too) and turn them upright according to their EXIF orientation."""
-    _register_heif()
+    register_decoders()
     image = Image.open(io.BytesIO(data))
     image.load()
     return ImageOps.exif_transpose(image)
@@ -101,14 +103,3 @@ def preprocess_bytes(data: bytes, config: PreprocessConfig) -> np.ndarray:
     """Decode, orient and preprocess one encoded image."""
     return preprocess(decode(data), config)
 
-
-_heif_registered = False
-
-
-def _register_heif() -> None:
-    global _heif_registered
-    if not _heif_registered:
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-        _heif_registered = True
