@@ -121,13 +121,6 @@ def _print_sync_summary(report) -> None:
         + (f", pruned {report.pruned}" if report.pruned else "")
         + (f" ({mb:.1f} MB read in {report.seconds:.1f} s)" if report.bytes_read else "")
     )
-    if report.leased_elsewhere:
-        until = datetime.fromisoformat(report.leases_end).astimezone().strftime("%H:%M:%S")
-        click.echo(
-            f"{report.leased_elsewhere} images are leased by another worker (or one that was "
-            f"stopped); if it does not finish them, run embed again after {until}, when its "
-            "leases end (--lease sets their length)"
-        )
     for failure in report.failed:
         click.echo(f"  failed: {failure['file']}: {failure['error']}", err=True)
 
