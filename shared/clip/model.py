@@ -212,7 +212,7 @@ class ClipModel(nn.Module):
         return np.array(features)
 
     def _cpu_images_on_worker(self, pixels: np.ndarray) -> np.ndarray:
-        return self._cpu_images(pixels, self._thread_streams()[:1])
+        return self._cpu_images(pixels, self._thread_streams(1))
 
     def _image_workers(self) -> ThreadPoolExecutor:
         with self._workers_lock:
@@ -220,12 +220,13 @@ class ClipModel(nn.Module):
                 self._workers = ThreadPoolExecutor(self._cores, thread_name_prefix="clip-cpu")
             return self._workers
 
-    def _thread_streams(self) -> list[mx.Stream]:
-        """The calling thread's CPU streams, one per core (made on its first call)."""
-        streams = getattr(self._per_thread, "streams", None)
-        if streams is None:
-            streams = self._per_thread.streams = [mx.new_stream(mx.cpu) for _ in range(self._cores)]
-        return streams
+    def _thread_streams(self, count: int | None = None) -> list[mx.Stream]:
+        """`count` (default: one per core) of the calling thread's CPU streams, made on first use."""
+        streams = self._per_thread.__dict__.setdefault("streams", [])
+        count = count or self._cores
+        while len(streams) < count:
+            streams.append(mx.new_stream(mx.cpu))  # each runs on a thread of its own
+        return streams[:count]
 
 
 def _usable_cores() -> int:
