@@ -49,33 +49,17 @@ def make_checkpoint(folder: Path) -> None:
     """Save a random-weight CLIPModel shaped like openai/clip-vit-large-patch14, once."""
     if (folder / "model.safetensors").is_file():
         return
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import write_vocab_files
-
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_attention_heads": 12,
-            "num_hidden_layers": 12,
-            "eos_token_id": 2,
-        },
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_attention_heads": 16,
-            "num_hidden_layers": 24,
-            "image_size": 224,
-            "patch_size": 14,
-        },
-        projection_dim=768,
+    from tests.conftest import (
+        VIT_L_14_PROJECTION,
+        VIT_L_14_TEXT,
+        VIT_L_14_VISION,
+        save_random_clip,
+        write_vocab_files,
     )
-    torch.manual_seed(0)
+
     folder.mkdir(parents=True, exist_ok=True)
-    CLIPModel(config).eval().save_pretrained(folder)
+    save_random_clip(folder, VIT_L_14_TEXT, VIT_L_14_VISION, projection_dim=VIT_L_14_PROJECTION)
     write_vocab_files(folder)
 
 

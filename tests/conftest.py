@@ -141,6 +141,25 @@ TINY_VISION = {
     "patch_size": 8,
 }
 
+# The shape of openai/clip-vit-large-patch14 (the default model), for random-weight copies.
+# eos_token_id 2 is what that checkpoint's config says (pooling at the largest id).
+VIT_L_14_TEXT = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "eos_token_id": 2,
+}
+VIT_L_14_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "image_size": 224,
+    "patch_size": 14,
+}
+VIT_L_14_PROJECTION = 768
+
 
 def byte_symbols() -> list[str]:
     """GPT-2/CLIP's printable stand-in for each of the 256 bytes, in vocabulary order."""

@@ -10,7 +10,14 @@ import pytest
 from shared.clip.loading import load_model
 from shared.clip.model import pack_tokens
 from shared.clip.tokenizer import ClipTokenizer
-from conftest import TINY_TEXT, TINY_VISION, save_random_clip
+from conftest import (
+    TINY_TEXT,
+    TINY_VISION,
+    VIT_L_14_PROJECTION,
+    VIT_L_14_TEXT,
+    VIT_L_14_VISION,
+    save_random_clip,
+)
 
 TEXTS = [
     "a photo of a cat",
@@ -144,33 +151,9 @@ def test_unknown_activation_is_refused(tmp_path):
 @pytest.mark.slow
 def test_vit_large_architecture_matches_transformers(tmp_path_factory, clip_tokenizer_dir):
     """The full ViT-L/14 shape (random weights, 1.7 GB): the default model's architecture."""
-    from transformers import CLIPConfig
-
-    default = CLIPConfig.from_dict(
-        {
-            "projection_dim": 768,
-            "text_config": {
-                "hidden_size": 768,
-                "intermediate_size": 3072,
-                "num_attention_heads": 12,
-                "num_hidden_layers": 12,
-                "eos_token_id": 2,
-                "projection_dim": 768,
-            },
-            "vision_config": {
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_attention_heads": 16,
-                "num_hidden_layers": 24,
-                "image_size": 224,
-                "patch_size": 14,
-                "projection_dim": 768,
-            },
-        }
-    )
     folder = tmp_path_factory.mktemp("vit-l-14")
     reference = save_random_clip(
-        folder, default.text_config.to_dict(), default.vision_config.to_dict(), projection_dim=768
+        folder, VIT_L_14_TEXT, VIT_L_14_VISION, projection_dim=VIT_L_14_PROJECTION
     )
     tokenizer = ClipTokenizer.from_folder(clip_tokenizer_dir)
     texts = ["a photo of a cat", "two dogs playing in the snow at sunset"]
