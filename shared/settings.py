@@ -1,11 +1,15 @@
-"""One typed settings object per process, built from the environment at the entry point."""
+"""One typed settings object per process, built from the environment at the entry point.
+
+Every setting is read and checked here, once: a bad value stops the program with one line
+naming the variable and what it accepts. The rest of the code receives a `Settings`.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from dotenv import load_dotenv
 
@@ -14,6 +18,9 @@ DEFAULT_REPLICATE_MODEL = (
 )
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 R2_REQUIRED = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET")
+EMBEDDERS = ("auto", "replicate", "mlx", "none")
+# pgvector's HNSW index takes vectors of at most 2,000 dimensions.
+MAX_VECTOR_DIM = 2000
 
 
 class SettingsError(Exception):
@@ -38,12 +45,47 @@ class R2Settings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """How the web pages and the JSON API behave (BROWSE_* variables)."""
+
+    page_size: int = 24  # a first screen of thumbnails under 1.5 MB (docs/benchmarks.md)
+    max_page_size: int = 200
+    search_k: int = 60  # results of a text or image search on the pages
+    similar_k: int = 24
+    max_k: int = 200
+    hnsw_ef_search: int = 100  # recall@10 >= 0.95 at p50 < 10 ms (docs/benchmarks.md)
+    embed_timeout_s: float = 20.0
+    embed_workers: int = 4
+    max_upload_bytes: int = 20 * 1024 * 1024
+    db_pool_size: int = 8
+    summary_ttl_s: float = 10.0  # the page header's counts are reused this long
+
+
+# name, attribute, parser, lowest, highest: every BROWSE_* variable and what it accepts.
+_WEB_FIELDS: tuple[tuple[str, str, type, float, float], ...] = (
+    ("BROWSE_PAGE_SIZE", "page_size", int, 1, 200),
+    ("BROWSE_MAX_PAGE_SIZE", "max_page_size", int, 1, 1000),
+    ("BROWSE_SEARCH_K", "search_k", int, 1, 1000),
+    ("BROWSE_SIMILAR_K", "similar_k", int, 1, 1000),
+    ("BROWSE_MAX_K", "max_k", int, 1, 1000),
+    ("BROWSE_HNSW_EF_SEARCH", "hnsw_ef_search", int, 1, 1000),
+    ("BROWSE_EMBED_TIMEOUT_S", "embed_timeout_s", float, 0.1, 600),
+    ("BROWSE_EMBED_WORKERS", "embed_workers", int, 1, 64),
+    ("BROWSE_MAX_UPLOAD_BYTES", "max_upload_bytes", int, 1024, 1024**3),
+    ("BROWSE_DB_POOL_SIZE", "db_pool_size", int, 1, 100),
+    ("BROWSE_SUMMARY_TTL_S", "summary_ttl_s", float, 0, 3600),
+)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a process of Image Browser is configured with."""
 
     images_dir: Path
     data_dir: Path
     database_url: str | None = field(default=None, repr=False)
+    # The variable the database URL came from, for messages (mlx-local calls it DB_URL).
+    database_setting: str = "SUPABASE_DB_URL"
     r2: R2Settings | None = None
     image_base_url: str | None = None
     expected_vector_dim: int = 768
@@ -55,6 +97,7 @@ class Settings:
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_model_path: Path | None = None
     max_image_pixels: int = 178_956_970
+    web: WebSettings = WebSettings()
 
     @property
     def embedded_database(self) -> bool:
@@ -67,24 +110,36 @@ class Settings:
         return self.data_dir / "thumbnails"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], db_url_var: str = "SUPABASE_DB_URL") -> "Settings":
-        """Build settings from environment variables, refusing half a configuration."""
-        get = lambda name: (env.get(name) or "").strip() or None  # noqa: E731
+    def from_env(
+        cls, env: Mapping[str, str], database_setting: str = "SUPABASE_DB_URL"
+    ) -> "Settings":
+        """Build settings from environment variables, refusing bad values and half a configuration.
+
+        `database_setting` names the variable holding the database URL.
+        """
+        get = _reader(env)
         return cls(
             images_dir=Path(get("IMAGES_DIR") or "images").expanduser().absolute(),
             data_dir=Path(get("DATA_DIR") or ".data").expanduser().absolute(),
-            database_url=get(db_url_var) or (get("SUPABASE_DB_URL") if db_url_var != "SUPABASE_DB_URL" else None),
+            database_url=get(database_setting),
+            database_setting=database_setting,
             r2=_r2_from_env(get),
             image_base_url=_base_url(get("IMAGE_BASE_URL")),
-            expected_vector_dim=_positive_int(get, "EXPECTED_VECTOR_DIM", 768),
+            expected_vector_dim=_number(get, "EXPECTED_VECTOR_DIM", 768, int, 1, MAX_VECTOR_DIM),
             replicate_api_token=get("REPLICATE_API_TOKEN"),
             replicate_model=get("REPLICATE_MODEL") or DEFAULT_REPLICATE_MODEL,
             replicate_base_url=get("REPLICATE_BASE_URL"),
-            replicate_max_per_minute=_positive_int(get, "REPLICATE_MAX_PER_MINUTE", 600),
-            embedder=_choice(get, "EMBEDDER", ("auto", "replicate", "mlx", "none"), "auto"),
+            replicate_max_per_minute=_number(
+                get, "REPLICATE_MAX_PER_MINUTE", 600, int, 1, 1_000_000
+            ),
+            embedder=_choice(get, "EMBEDDER", EMBEDDERS, "auto"),
             clip_model=get("CLIP_MODEL") or DEFAULT_CLIP_MODEL,
             clip_model_path=Path(p).expanduser() if (p := get("CLIP_MODEL_PATH")) else None,
-            max_image_pixels=_positive_int(get, "MAX_IMAGE_PIXELS", 178_956_970),
+            max_image_pixels=_number(get, "MAX_IMAGE_PIXELS", 178_956_970, int, 1, 2**40),
+            web=WebSettings(**{
+                attr: _number(get, name, getattr(WebSettings, attr), kind, lo, hi)
+                for name, attr, kind, lo, hi in _WEB_FIELDS
+            }),
         )._checked()
 
     def _checked(self) -> "Settings":
@@ -96,10 +151,17 @@ class Settings:
         return self
 
 
-def load_settings(app_dir: Path, db_url_var: str = "SUPABASE_DB_URL") -> Settings:
+def load_settings(app_dir: Path, database_setting: str = "SUPABASE_DB_URL") -> Settings:
     """Load `app_dir/.env` (the environment wins) and build the settings."""
     load_dotenv(app_dir / ".env", override=False)
-    return Settings.from_env(os.environ, db_url_var=db_url_var)
+    return Settings.from_env(os.environ, database_setting=database_setting)
+
+
+def _reader(env: Mapping[str, str]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        return (env.get(name) or "").strip() or None
+
+    return get
 
 
 def _r2_from_env(get) -> R2Settings | None:
@@ -131,16 +193,19 @@ def _base_url(value: str | None) -> str | None:
     return value.rstrip("/") + "/"
 
 
-def _positive_int(get, name: str, default: int) -> int:
+def _number(get, name: str, default, kind: type, lowest: float, highest: float):
+    """A whole or decimal number within [lowest, highest]; one line naming the variable otherwise."""
     raw = get(name)
     if raw is None:
         return default
+    what = "a whole number" if kind is int else "a number"
+    allowed = f"{what} from {lowest:g} to {highest:g}"
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+        raise SettingsError(f"{name} must be {allowed}, got {raw[:40]!r}") from None
+    if not lowest <= value <= highest:  # NaN fails this too
+        raise SettingsError(f"{name} must be {allowed}, got {raw[:40]!r}")
     return value
 
 

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,40 @@ def test_bad_dimension_is_refused(value):
         Settings.from_env({"EXPECTED_VECTOR_DIM": value})
 
 
-def test_mlx_local_reads_db_url():
-    settings = Settings.from_env({"DB_URL": "postgresql://u@h/db"}, db_url_var="DB_URL")
-    assert settings.database_url == "postgresql://u@h/db"
+def test_the_database_variable_can_be_named_by_the_app():
+    settings = Settings.from_env({"DB_URL": "postgresql://u@h/db"}, database_setting="DB_URL")
+    assert settings.database_url == "postgresql://u@h/db" and settings.database_setting == "DB_URL"
+
+
+def test_mlx_local_reads_db_url_from_its_env_file(tmp_path, monkeypatch):
+    import mlx_local
+
+    (tmp_path / ".env").write_text("DB_URL=postgresql://u@h/from-file\n")
+    monkeypatch.setattr(mlx_local, "APP_DIR", tmp_path)
+    monkeypatch.delenv("DB_URL", raising=False)
+    monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
+    try:
+        assert mlx_local.load_settings().database_url == "postgresql://u@h/from-file"
+    finally:
+        os.environ.pop("DB_URL", None)  # load_dotenv put it in the environment
+
+
+@pytest.mark.parametrize("name, value", [
+    ("BROWSE_PAGE_SIZE", "abc"), ("BROWSE_PAGE_SIZE", "0"), ("BROWSE_MAX_UPLOAD_BYTES", "abc"),
+    ("BROWSE_EMBED_TIMEOUT_S", "abc"), ("BROWSE_EMBED_TIMEOUT_S", "nan"),
+    ("EXPECTED_VECTOR_DIM", "20000"), ("MAX_IMAGE_PIXELS", "-1"),
+])
+def test_every_number_is_checked_at_start_with_its_name_and_range(name, value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    message = str(err.value)
+    assert message.startswith(name) and " from " in message and " to " in message
+    assert "\n" not in message
+
+
+def test_web_settings_come_from_browse_variables():
+    web = Settings.from_env({"BROWSE_PAGE_SIZE": "12", "BROWSE_EMBED_TIMEOUT_S": "2.5"}).web
+    assert (web.page_size, web.embed_timeout_s, web.search_k) == (12, 2.5, 60)
 
 
 def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
