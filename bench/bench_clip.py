@@ -105,14 +105,22 @@ def images_per_second(run, batch, repeats: int) -> dict:
     }
 
 
+def local_clip(text_only: bool = False):
+    """The app's MLX CLIP embedder on the benchmark checkpoint, built as the apps build it."""
+    from shared.embedders.factory import make_embedder
+    from shared.settings import Settings
+
+    settings = Settings(images_dir=Path("."), data_dir=Path("."), clip_model_path=CHECKPOINT)
+    return make_embedder(settings, backend="mlx", text_only=text_only)
+
+
 def job_mlx(args) -> dict:
     """Images/s and query latency with shared.clip (MLX)."""
     import numpy as np
 
     from shared.clip.blas import load_fast_blas
-    from shared.clip.embedder import MlxClipEmbedder
 
-    embedder = MlxClipEmbedder(model_path=CHECKPOINT, batch_size=8)
+    embedder = local_clip()
     model, tokenizer = embedder.load().model, embedder.load().tokenizer
     batch = np.random.default_rng(0).normal(size=(8, 224, 224, 3)).astype(np.float32)
     texts = (QUERIES * 10)[: args.queries]
@@ -159,11 +167,8 @@ def job_torch(args) -> dict:
 
 def job_text_only(args) -> dict:
     """Peak memory of a search process: text tower only, one query."""
-    from shared.clip.embedder import MlxClipEmbedder
-
     start = time.perf_counter()
-    embedder = MlxClipEmbedder(model_path=CHECKPOINT, text_only=True)
-    embedder.load()
+    embedder = local_clip(text_only=True)  # loads the weights
     loaded = time.perf_counter() - start
     embedder.embed_texts(["a photo of a cat"])
     return {"load_s": round(loaded, 2), "peak_rss_mb": round(peak_rss_mb())}

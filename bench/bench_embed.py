@@ -24,9 +24,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "mlx-local"), str(ROOT / "tests")]
 from fake_replicate import TOKEN, FakeReplicate  # noqa: E402
 
 from loader.embed import EmbedOptions, run_embed  # noqa: E402
-from shared.database import connect, start_embedded  # noqa: E402
-from shared.embedders.replicate import ReplicateEmbedder  # noqa: E402
-from shared.store import ImageRecord, ImageStore  # noqa: E402
+from shared.database import start_embedded  # noqa: E402
+from shared.embedders.factory import make_embedder  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.store import Catalogue, ImageRecord, Schema, connect  # noqa: E402
 
 
 class PublicUrls:
@@ -52,9 +53,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         conn = connect(start_embedded(Path(tmp) / "postgres"))
-        store = ImageStore(conn)
-        store.ensure_schema(768)
-        store.upsert_images(
+        Schema(conn).ensure(768)
+        catalogue = Catalogue(conn)
+        catalogue.upsert_images(
             ImageRecord(f"photos/{i:06d}.jpg", 640, 480, 1000, hashlib.sha256(str(i).encode()).hexdigest(),
                         "JPEG", 0, None)
             for i in range(args.rows)
@@ -62,16 +63,19 @@ def main() -> None:
         server = FakeReplicate().start()
         server.latency = args.latency
         server.limit(args.rate, burst=args.burst)
-        embedder = ReplicateEmbedder(TOKEN, base_url=server.url, max_per_minute=args.rate)
-        report = run_embed(store, embedder, PublicUrls(), EmbedOptions(jobs=args.jobs), progress=False)
-        counts = store.counts()
+        embedder = make_embedder(Settings(
+            images_dir=Path(tmp), data_dir=Path(tmp), replicate_api_token=TOKEN,
+            replicate_base_url=server.url, replicate_max_per_minute=int(args.rate),
+        ), backend="replicate")
+        report = run_embed(conn, embedder, PublicUrls(), EmbedOptions(jobs=args.jobs), progress=False)
+        counts = catalogue.counts()
         server.stop()
         conn.close()
 
     result = {
         "rows": args.rows, "rate_limit_per_minute": args.rate, "latency_s": args.latency, "jobs": args.jobs,
         "server_burst": args.burst, "embedded": report.embedded, "failed": len(report.failed),
-        "stored": counts["embedded"], "seconds": report.seconds,
+        "stored": counts.embedded, "seconds": report.seconds,
         "images_per_minute": round(report.per_minute, 1),
         "ratio_to_ceiling": round(report.per_minute / args.rate, 3),
         "throttled_429": server.stats["throttled"], "creates": server.stats["creates"],

@@ -5,13 +5,14 @@
 Builds a library of clustered, CLIP-like 768-d vectors in an embedded Postgres under
 bench/out/ (or BENCH_DB_URL), loads it with binary COPY, builds the HNSW index after the load,
 then measures: nearest-neighbour latency (p50/p95) at concurrency 1 and 4 through the same
-`ImageStore.nearest` the app uses, recall@10 against an exact scan per `hnsw.ef_search`,
+`Catalogue.nearest` the app uses, recall@10 against an exact scan per `hnsw.ef_search`,
 the server time of the first page, and the bytes Chromium downloads for the first screen.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,11 +30,14 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "mlx-local")]
 
-from shared.database import connect, pool, start_embedded  # noqa: E402
+from shared.database import start_embedded  # noqa: E402
+from shared.embedders.base import Embedder  # noqa: E402
 from shared.imagefile import make_thumbnail, prepare_decoders  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import thumbnail_key  # noqa: E402
-from shared.store import ImageStore  # noqa: E402
+from shared.store import (  # noqa: E402
+    BulkImage, Catalogue, ImageRecord, Schema, connect, copy_images, open_pool,
+)
 
 OUT = ROOT / "bench" / "out"
 DIM = 768
@@ -80,35 +84,28 @@ def load(url: str, vectors: np.ndarray, rng: np.random.Generator) -> dict:
     """Fresh table, binary COPY of every row, then the HNSW index; returns timings."""
     n = len(vectors)
     with connect(url) as conn:
-        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
-        ImageStore(conn).ensure_schema(DIM)
-        conn.execute("DROP INDEX image_embeddings_embedding_hnsw")  # build after loading
+        schema = Schema(conn)
+        schema.drop()
+        schema.ensure(DIM)
+        schema.drop_vector_index()  # build after loading
         started = time.perf_counter()
         now = datetime.now(timezone.utc)
         sizes = rng.choice([(4032, 3024), (3024, 4032), (1920, 1080), (1080, 1920), (2048, 2048),
                             (6000, 4000), (1600, 1200)], size=n)
-        with conn.cursor() as cur, cur.copy(
-            """COPY image_embeddings (id, filename, width, height, byte_size, sha256, format, mtime_ns,
-                   thumbnail_key, embedding, embedding_model, embedded_at, created_at)
-               FROM STDIN WITH (FORMAT BINARY)"""
-        ) as copy:
-            copy.set_types(["int8", "text", "int4", "int4", "int8", "text", "text", "int8", "text",
-                            "vector", "text", "timestamptz", "timestamptz"])
+
+        def rows():
             for i in range(n):
                 sha = f"{i:064x}"
                 added = now - timedelta(seconds=(n - i) * 37)
-                copy.write_row([i + 1, f"photos/{i // 1000:03d}/IMG_{i:06d}.jpg", int(sizes[i][0]),
-                                int(sizes[i][1]), 3_000_000 + i, sha, "JPEG", 0,
-                                thumbnail_key(sha), vectors[i], "bench/clustered", added, added])
-        conn.execute("SELECT setval(pg_get_serial_sequence('image_embeddings', 'id'), %s)", (n,))
+                yield BulkImage(i + 1, f"photos/{i // 1000:03d}/IMG_{i:06d}.jpg", int(sizes[i][0]),
+                                int(sizes[i][1]), 3_000_000 + i, sha, "JPEG", 0, thumbnail_key(sha),
+                                vectors[i], "bench/clustered", added, added)
+
+        copy_images(conn, rows())
         loaded = time.perf_counter() - started
-        conn.execute("SET maintenance_work_mem = '2GB'")
-        conn.execute("SET max_parallel_maintenance_workers = 1")
         started = time.perf_counter()
-        conn.execute("""CREATE INDEX image_embeddings_embedding_hnsw
-                        ON image_embeddings USING hnsw (embedding vector_cosine_ops)""")
+        schema.build_vector_index(maintenance_work_mem="2GB")
         indexed = time.perf_counter() - started
-        conn.execute("VACUUM ANALYZE image_embeddings")
     return {"copy_s": loaded, "index_s": indexed}
 
 
@@ -118,28 +115,30 @@ def load(url: str, vectors: np.ndarray, rng: np.random.Generator) -> dict:
 def exact_neighbours(url: str, queries: np.ndarray, k: int = 10) -> list[list[int]]:
     """The true k nearest ids of each query, by a sequential scan (no index)."""
     with connect(url) as conn:
-        store = ImageStore(conn)
-        return [[r["id"] for r, _ in store.nearest(q, k, exact=True, timeout_ms=600_000)] for q in queries]
+        catalogue = Catalogue(conn)
+        return [[r.id for r, _ in catalogue.nearest(q, k, ef_search=40, exact=True, timeout_ms=600_000)]
+                for q in queries]
 
 
 def recall_at(url: str, queries: np.ndarray, truth: list[list[int]], ef: int, k: int = 10) -> float:
     """Mean share of the true k nearest the index returns."""
     with connect(url) as conn:
-        store = ImageStore(conn)
-        hits = [len({r["id"] for r, _ in store.nearest(q, k, ef_search=ef)} & set(t)) for q, t in zip(queries, truth)]
+        catalogue = Catalogue(conn)
+        hits = [len({r.id for r, _ in catalogue.nearest(q, k, ef_search=ef)} & set(t))
+                for q, t in zip(queries, truth)]
     return sum(hits) / (k * len(queries))
 
 
 def latency(url: str, queries: np.ndarray, ef: int, concurrency: int, k: int = 10) -> dict:
-    """p50/p95 of `ImageStore.nearest` (k=10) with `concurrency` threads sharing a pool."""
-    db = pool(url, max_size=concurrency)
+    """p50/p95 of `Catalogue.nearest` (k=10) with `concurrency` threads sharing a pool."""
+    db = open_pool(url, size=concurrency)
     times: list[float] = []
     lock = threading.Lock()
 
     def one(q: np.ndarray) -> None:
         with db.connection() as conn:
             started = time.perf_counter()
-            ImageStore(conn).nearest(q, k, ef_search=ef)
+            Catalogue(conn).nearest(q, k, ef_search=ef)
             took = time.perf_counter() - started
         with lock:
             times.append(took)
@@ -162,12 +161,11 @@ def _pct(values: list[float], p: int) -> float:
 # --- pages --------------------------------------------------------------------------------
 
 
-class FixedEmbedder:
+class FixedEmbedder(Embedder):
     """Returns a given vector for any text: times a search page without a model."""
 
     model_id = "bench/fixed"
     dimensions = DIM
-    supports_texts = True
     supports_images = False
 
     def __init__(self, vector: np.ndarray) -> None:
@@ -188,10 +186,9 @@ def make_thumbnails(url: str, settings: Settings, count: int, rng: np.random.Gen
         with Image.open(p) as image:
             sources.append(ImageOps.exif_transpose(image).convert("RGB"))
     with connect(url) as conn:
-        newest = conn.execute(
-            "SELECT id FROM image_embeddings ORDER BY created_at DESC, id DESC LIMIT %s", (count,)
-        ).fetchall()
-        for n, (image_id,) in enumerate(newest):
+        catalogue = Catalogue(conn)
+        records = []
+        for n, row in enumerate(catalogue.list_images(count)):
             photo = sources[n % len(sources)]
             w, h = photo.size
             cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
@@ -202,8 +199,9 @@ def make_thumbnails(url: str, settings: Settings, count: int, rng: np.random.Gen
             path = settings.thumbnails_dir / key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-            conn.execute("UPDATE image_embeddings SET thumbnail_key = %s, width = %s, height = %s WHERE id = %s",
-                         (key, cw * 4, ch * 4, image_id))
+            records.append(ImageRecord(row.filename, cw * 4, ch * 4, row.byte_size, row.sha256,
+                                       row.format, row.mtime_ns, key))
+        catalogue.upsert_images(records)  # same content hash: the embeddings stay
 
 
 def page_times(app, query_vector_url: str, runs: int = 60) -> dict:
@@ -283,7 +281,7 @@ def report(args, load_t, recalls, lat, pages, screen, chosen) -> str:
         "loaded with binary "
         f"`COPY` in {load_t['copy_s']:.1f} s; HNSW index (m=16, ef_construction=64, cosine) built after the "
         f"load in {load_t['index_s']:.1f} s with `maintenance_work_mem=2GB`. Queries: {args.queries} "
-        "text-query-like vectors (no model call), k = 10, through `ImageStore.nearest` (the app's code: "
+        "text-query-like vectors (no model call), k = 10, through `Catalogue.nearest` (the app's code: "
         "a transaction with `set_config('hnsw.ef_search')`).",
         "",
         "| hnsw.ef_search | recall@10 vs exact scan | p50 (1 thread) | p95 (1 thread) | p50 (4 threads) | p95 (4 threads) | queries/s (4) |",
@@ -371,8 +369,9 @@ def main() -> None:
     make_thumbnails(url, settings, 200, rng)
     from browse import create_app
 
-    app = create_app(settings, embedder=FixedEmbedder(queries[0]),
-                     test_config={"HNSW_EF_SEARCH": chosen})
+    settings = dataclasses.replace(
+        settings, web=dataclasses.replace(settings.web, hnsw_ef_search=chosen))
+    app = create_app(settings, embedder=FixedEmbedder(queries[0]))
     try:
         pages = page_times(app, "/?q=anything")
         print(pages, flush=True)

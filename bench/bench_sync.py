@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from loader.sync import run_sync
-from shared.database import connect, start_embedded
+from shared.database import start_embedded
 from shared.dimensions import display_size
 from shared.imagefile import THUMBNAIL_EDGE
 from shared.storage import LocalStorage
-from shared.store import ImageStore
+from shared.store import Catalogue, Schema, connect
 
 SIZES = [(2048, 1536), (1632, 1224), (2400, 1600)]  # 3.1, 2.0 and 3.8 megapixels
 BASES = 24
@@ -125,15 +125,16 @@ def main() -> None:
 
     shutil.rmtree(args.workdir / "pg", ignore_errors=True)
     shutil.rmtree(args.workdir / "thumbs", ignore_errors=True)
-    store = ImageStore(connect(start_embedded(args.workdir / "pg")))
-    store.ensure_schema(768)
+    conn = connect(start_embedded(args.workdir / "pg"))
+    Schema(conn).ensure(768)
+    catalogue = Catalogue(conn)
     storage = LocalStorage(images, args.workdir / "thumbs")
-    first = run_sync(store, storage, images, jobs=args.jobs, max_pixels=178_956_970, progress=False)
+    first = run_sync(catalogue, storage, images, jobs=args.jobs, max_pixels=178_956_970, progress=False)
     assert not first.failed and first.new == len(paths)
     print(f"first sync (jobs={args.jobs}): {first.seconds:.1f} s = {len(paths) / first.seconds:.0f} files/s, "
           f"{first.bytes_read / first.seconds / 1e6:.0f} MB/s -> {base / first.seconds:.2f}x the baseline")
 
-    again = run_sync(store, storage, images, jobs=args.jobs, max_pixels=178_956_970, progress=False)
+    again = run_sync(catalogue, storage, images, jobs=args.jobs, max_pixels=178_956_970, progress=False)
     assert again.unchanged == len(paths) and again.new == again.changed == 0
     print(f"no-op re-sync: {again.seconds:.3f} s")
 

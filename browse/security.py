@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from .runtime import BadUpload, SearchError, get_browse
+from .state import BadUpload, SearchError, get_browse
 
 API_PREFIX = "/api/"
 

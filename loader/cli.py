@@ -10,13 +10,14 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+import psycopg
 
-from shared.database import DatabaseError, connect, database_url, describe
+from shared.database import database_url, describe
+from shared.embedders.base import EmbeddingError
+from shared.embedders.factory import BACKENDS
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
-from shared.store import ImageStore, SchemaError
-
-from .embed import BACKENDS
+from shared.store import Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect
 
 APP_DIR = Path(__file__).resolve().parent
 
@@ -26,17 +27,24 @@ class Context:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._store: ImageStore | None = None
+        self._conn: psycopg.Connection | None = None
 
     @property
-    def store(self) -> ImageStore:
-        """The store, connecting (and starting the embedded server) on first use."""
-        if self._store is None:
+    def conn(self) -> psycopg.Connection:
+        """The database connection, opened (and the embedded server started) on first use."""
+        if self._conn is None:
             try:
-                self._store = ImageStore(connect(database_url(self.settings)))
+                self._conn = connect(database_url(self.settings), self.settings.database_setting)
             except DatabaseError as exc:
-                raise click.ClickException(str(exc)) from exc
-        return self._store
+                raise click.ClickException(str(exc)) from None
+        return self._conn
+
+    def ensure_schema(self) -> SchemaReport:
+        """Create or upgrade the table; a conflict is a one-line error."""
+        try:
+            return Schema(self.conn).ensure(self.settings.expected_vector_dim)
+        except SchemaError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -53,7 +61,7 @@ def main(ctx: click.Context) -> None:
     try:
         ctx.obj = Context(load_settings(APP_DIR))
     except SettingsError as exc:
-        raise click.ClickException(f"configuration error: {exc}") from exc
+        raise click.ClickException(f"configuration error: {exc}") from None
 
 
 @main.command("ensure-schema")
@@ -61,19 +69,12 @@ def main(ctx: click.Context) -> None:
 @pass_context
 def ensure_schema(app: Context, as_json: bool) -> None:
     """Create or upgrade the image_embeddings table (safe to run any time)."""
-    report = _ensure_schema(app)
+    report = app.ensure_schema()
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report)))
     else:
         verb = "created" if report.created else "up to date"
         click.echo(f"image_embeddings {verb}: vector({report.dimensions}), pgvector {report.pgvector_version}")
-
-
-def _ensure_schema(app: Context):
-    try:
-        return app.store.ensure_schema(app.settings.expected_vector_dim)
-    except SchemaError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -97,9 +98,9 @@ def sync(app: Context, images: Path | None, jobs: int, dry_run: bool, prune: boo
         settings = dataclasses.replace(settings, images_dir=images.absolute())
     if not settings.images_dir.is_dir():
         raise click.ClickException(f"images folder {settings.images_dir} does not exist")
-    _ensure_schema(app)
+    app.ensure_schema()
     report = run_sync(
-        app.store, open_storage(settings), settings.images_dir,
+        Catalogue(app.conn), open_storage(settings), settings.images_dir,
         jobs=jobs, max_pixels=settings.max_image_pixels, dry_run=dry_run, prune=prune,
         progress=False if as_json else None,
     )
@@ -126,19 +127,20 @@ def _print_sync_summary(report) -> None:
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="replicate", show_default=True,
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
+              show_default="the EMBEDDER setting, else auto",
               help="replicate: Replicate's hosted CLIP; mlx: CLIP in MLX on this machine; "
                    "auto: Replicate when REPLICATE_API_TOKEN is set, else MLX with local weights.")
 @click.option("--reembed", is_flag=True, help="Also redo rows embedded by another model.")
 @click.option("--retry-failed", is_flag=True, help="Also retry rows whose embedding failed before.")
 @click.option("--limit", type=click.IntRange(min=1), help="Embed at most this many distinct images.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64),
-              help="Batches in flight at once (default: 8 for Replicate, 2 for MLX).")
+              help="Batches in flight at once (default: the backend's, 8 for Replicate, 2 for MLX).")
 @click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a claimed row stays reserved for this worker without renewal.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
-def embed(app: Context, backend: str, reembed: bool, retry_failed: bool, limit: int | None,
+def embed(app: Context, backend: str | None, reembed: bool, retry_failed: bool, limit: int | None,
           jobs: int | None, lease_seconds: float, as_json: bool) -> None:
     """Compute the embeddings that are missing, a few at a time.
 
@@ -146,20 +148,22 @@ def embed(app: Context, backend: str, reembed: bool, retry_failed: bool, limit: 
     embedded once, and a killed worker's images are taken up again after its lease.
     Exits with status 1 when any image failed or the run had to stop.
     """
-    from shared.embedders.base import EmbeddingError
+    from shared.embedders.base import width_problem
+    from shared.embedders.factory import make_embedder
 
-    from .embed import EmbedOptions, make_embedder, run_embed
+    from .embed import EmbedOptions, run_embed
 
     try:
-        embedder = make_embedder(backend, app.settings)
+        embedder = make_embedder(app.settings, backend=backend)
     except EmbeddingError as exc:
-        raise click.ClickException(str(exc)) from exc
-    # A hosted model wants many predictions in flight; a local one, enough to overlap decoding.
-    jobs = jobs or getattr(embedder, "concurrency", 8)
-    _ensure_schema(app)
-    options = EmbedOptions(jobs=jobs, limit=limit, reembed=reembed, retry_failed=retry_failed,
-                           lease_seconds=lease_seconds)
-    report = run_embed(app.store, embedder, open_storage(app.settings), options,
+        raise click.ClickException(f"no embedder available: {exc}") from None
+    schema = app.ensure_schema()
+    problem = width_problem(embedder, app.settings.expected_vector_dim, schema.dimensions)
+    if problem:
+        raise click.ClickException(problem)
+    options = EmbedOptions(jobs=jobs or embedder.concurrency, limit=limit, reembed=reembed,
+                           retry_failed=retry_failed, lease_seconds=lease_seconds)
+    report = run_embed(app.conn, embedder, open_storage(app.settings), options,
                        progress=False if as_json else None)
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
@@ -193,15 +197,17 @@ def _print_embed_summary(report) -> None:
 def status(app: Context, as_json: bool) -> None:
     """Show how many images are loaded and embedded, and where they live."""
     settings = app.settings
-    store = app.store
-    exists = store.table_exists()
+    schema = Schema(app.conn)
+    exists = schema.table_exists()
+    counts = Catalogue(app.conn).counts().as_dict() if exists else {
+        "images": 0, "embedded": 0, "waiting": 0, "failed": 0}
     info = {
         "database": describe(settings),
         "storage": open_storage(settings).describe(),
-        "pgvector_version": store.pgvector_version(),
+        "pgvector_version": schema.pgvector_version(),
         "expected_vector_dim": settings.expected_vector_dim,
-        "table_vector_dim": store.embedding_dimensions() if exists else None,
-        **(store.counts() if exists else {"images": 0, "embedded": 0, "waiting": 0, "failed": 0}),
+        "table_vector_dim": schema.embedding_dimensions() if exists else None,
+        **counts,
     }
     if as_json:
         click.echo(json.dumps(info))

@@ -1,6 +1,6 @@
 """`loader embed`: fill in missing embeddings, safely beside any number of other workers.
 
-Work is leased from the database a little at a time (see `ImageStore.claim_batch`), run on
+Work is leased from the database a little at a time (see `shared.store.queue`), run on
 `jobs` threads through the `Embedder` protocol, and written back as each batch finishes,
 so a worker killed at any moment loses only its unfinished leases, which expire.
 """
@@ -15,75 +15,18 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Callable
-
 import numpy as np
+import psycopg
 from tqdm import tqdm
 
-from shared.embedders.base import (
-    DimensionMismatch,
-    Embedder,
-    EmbedderUnavailable,
-    EmbeddingError,
-    ImageSource,
-    PartialFailure,
-)
-from shared.settings import Settings
+from shared.embedders.base import FATAL, Embedder, EmbeddingError, ImageSource, PartialFailure
 from shared.storage import Storage
-from shared.store import Claim, ImageStore
+from shared.store import Claim, EmbeddingQueue
 
 LEASE_SECONDS = 300.0
 # Results are written in groups; a killed worker loses (and a later one redoes) at most these.
 FLUSH_ROWS = 64
 FLUSH_SECONDS = 1.0
-FATAL = (DimensionMismatch, EmbedderUnavailable)  # every other item would fail the same way
-
-
-def _replicate(settings: Settings) -> Embedder:
-    from shared.embedders.replicate import ReplicateEmbedder
-
-    return ReplicateEmbedder.from_settings(settings)
-
-
-def _mlx(settings: Settings) -> Embedder:
-    from shared.clip.embedder import MlxClipEmbedder
-
-    embedder = MlxClipEmbedder.from_settings(settings)
-    embedder.load()  # a missing checkpoint is a clear error now, before anything is claimed
-    return embedder
-
-
-def _auto(settings: Settings) -> Embedder:
-    """Replicate when a token is set, else CLIP in MLX with weights already on this machine."""
-    if settings.replicate_api_token:
-        return _replicate(settings)
-    try:
-        from shared.clip.embedder import MlxClipEmbedder
-    except ImportError as exc:
-        raise EmbeddingError(
-            "no embedder available: REPLICATE_API_TOKEN is not set, and MLX is not installed "
-            "(pip install 'image-browser[mlx]')"
-        ) from exc
-    embedder = MlxClipEmbedder.from_settings(settings, download=False)
-    try:
-        embedder.load()
-    except EmbeddingError as exc:
-        raise EmbeddingError(
-            f"no embedder available: REPLICATE_API_TOKEN is not set, and {exc}"
-        ) from exc
-    return embedder
-
-
-BACKENDS: dict[str, Callable[[Settings], Embedder]] = {
-    "replicate": _replicate,
-    "mlx": _mlx,
-    "auto": _auto,
-}
-
-
-def make_embedder(backend: str, settings: Settings) -> Embedder:
-    """The embedder of a backend named in BACKENDS, built from the settings."""
-    return BACKENDS[backend](settings)
 
 
 def worker_name() -> str:
@@ -128,7 +71,7 @@ class EmbedOptions:
 
 
 def run_embed(
-    store: ImageStore,
+    conn: psycopg.Connection,
     embedder: Embedder,
     storage: Storage,
     options: EmbedOptions = EmbedOptions(),
@@ -139,12 +82,14 @@ def run_embed(
     """Embed every row that needs it (up to `limit` contents) and say what happened."""
     started = time.perf_counter()
     report = EmbedReport(model=embedder.model_id, worker=worker_id or worker_name())
-    backfill = _Backfill(store, embedder, storage, options, report)
-    total = store.count_to_embed(embedder.model_id, reembed=options.reembed, retry_failed=options.retry_failed)
+    queue = EmbeddingQueue(conn, embedder.model_id, reembed=options.reembed,
+                           retry_failed=options.retry_failed)
+    backfill = _Backfill(queue, embedder, storage, options, report)
+    total = queue.count_waiting()
     with tqdm(total=min(total, options.limit or total), unit="img", desc="embed", file=sys.stderr,
               disable=progress is False or not total, smoothing=0.05) as backfill.bar:
         backfill.run()
-    count, until = store.leased_elsewhere(report.worker)
+    count, until = queue.leased_elsewhere(report.worker)
     report.leased_elsewhere, report.leases_end = count, until.isoformat() if until else None
     report.seconds = round(time.perf_counter() - started, 3)
     report.db_seconds = round(report.db_seconds, 3)
@@ -154,11 +99,11 @@ def run_embed(
 class _Backfill:
     """The loop of one worker: lease, embed on a thread pool, write back, renew leases."""
 
-    def __init__(self, store: ImageStore, embedder: Embedder, storage: Storage,
+    def __init__(self, queue: EmbeddingQueue, embedder: Embedder, storage: Storage,
                  options: EmbedOptions, report: EmbedReport) -> None:
-        self.store, self.embedder, self.storage = store, embedder, storage
+        self.queue, self.embedder, self.storage = queue, embedder, storage
         self.options, self.report = options, report
-        self.batch_size = max(1, int(getattr(embedder, "batch_size", 1)))
+        self.batch_size = max(1, embedder.batch_size)
         self.pending: dict[Future, list[Claim]] = {}
         self.to_save: list[tuple[Claim, np.ndarray]] = []
         self.to_fail: list[tuple[Claim, EmbeddingError]] = []
@@ -171,7 +116,7 @@ class _Backfill:
 
     def run(self) -> None:
         """Work until nothing is left to claim or a fatal error stops the run."""
-        filled = self._db(self.store.fill_shared_embeddings, self.embedder.model_id, reembed=self.options.reembed)
+        filled = self._db(self.queue.fill_shared)
         self.report.shared += len(filled)
         self._advance(len(filled))
         pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="embed")
@@ -189,7 +134,7 @@ class _Backfill:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             self._flush(force=True)
-            self._db(self.store.release_claims, self.report.worker)  # whatever was not finished
+            self._db(self.queue.release, self.report.worker)  # whatever was not finished
 
     def _top_up(self, pool: ThreadPoolExecutor) -> None:
         """Once no more than one batch per job is left, lease enough for two per job.
@@ -203,9 +148,8 @@ class _Backfill:
         want = room * self.batch_size
         if self.options.limit is not None:
             want = min(want, self.options.limit - self.claimed)
-        claims = self._db(self.store.claim_batch, self.report.worker, want, lease_seconds=self.options.lease_seconds,
-                          model_id=self.embedder.model_id, reembed=self.options.reembed,
-                          retry_failed=self.options.retry_failed) if want > 0 else []
+        claims = self._db(self.queue.claim, self.report.worker, want,
+                          self.options.lease_seconds) if want > 0 else []
         leads = [c for c in claims if c.lead]
         self.claimed += len(leads)
         if not leads or (self.options.limit is not None and self.claimed >= self.options.limit):
@@ -230,15 +174,15 @@ class _Backfill:
         if not force and len(self.to_save) + len(self.to_fail) < FLUSH_ROWS and waited < FLUSH_SECONDS:
             return
         if self.to_save:
-            saved = self._db(self.store.save_embeddings, self.report.worker, self.embedder.model_id,
-                             [(c.id, v) for c, v in self.to_save], reembed=self.options.reembed)
+            saved = self._db(self.queue.save, self.report.worker,
+                             [(c.id, v) for c, v in self.to_save])
             leads = {c.filename for c, _ in self.to_save}
             self.report.embedded += sum(name in leads for name in saved)
             self.report.shared += sum(name not in leads for name in saved)
             self._advance(len(saved))
         if self.to_fail:
-            failed = self._db(self.store.record_failures, self.report.worker,
-                              [(c.id, str(e), int(getattr(e, "attempts", 1))) for c, e in self.to_fail])
+            failed = self._db(self.queue.record_failures, self.report.worker,
+                              [(c.id, str(e), e.attempts) for c, e in self.to_fail])
             self.report.failed.extend({"file": name, "error": error} for name, error in failed)
             self._advance(len(failed))
         self.to_save, self.to_fail, self.flushed = [], [], time.monotonic()
@@ -252,7 +196,7 @@ class _Backfill:
 
     def _renew_if_due(self) -> None:
         if time.monotonic() - self.renewed >= self.renew_every:
-            self._db(self.store.extend_claims, self.report.worker, self.options.lease_seconds)
+            self._db(self.queue.extend, self.report.worker, self.options.lease_seconds)
             self.renewed = time.monotonic()
 
     def _advance(self, rows: int) -> None:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from shared.imagefile import ImageProblem, Inspection, inspect_image
 from shared.storage import Storage, StorageError, thumbnail_key
-from shared.store import ImageRecord, ImageStore, KnownFile
+from shared.store import Catalogue, ImageRecord, KnownFile
 
 from .scan import LocalFile, scan_images
 
@@ -55,7 +55,7 @@ class Outcome:
 
 
 def run_sync(
-    store: ImageStore,
+    catalogue: Catalogue,
     storage: Storage,
     images_dir: Path,
     *,
@@ -71,7 +71,7 @@ def run_sync(
     scan = scan_images(images_dir)
     report.skipped = scan.skipped
     report.failed.extend({"file": key, "error": why} for key, why in scan.problems)
-    known = store.known_files()
+    known = catalogue.known_files()
     todo = [f for f in scan.files if _needs_look(f, known.get(f.key))]
     report.unchanged = len(scan.files) - len(todo)
     gone = sorted(set(known) - {f.key for f in scan.files} - {key for key, _ in scan.problems})
@@ -82,9 +82,9 @@ def run_sync(
                     getattr(report, "changed" if f.key in known else "new") + 1)
         report.pruned = len(gone) if prune else 0
     else:
-        _process(store, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
+        _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
         if prune and gone:
-            for key in store.delete_images(gone):
+            for key in catalogue.delete_images(gone):
                 storage.delete_thumbnail(key)
             for key in gone:
                 storage.delete_original(key)
@@ -94,12 +94,12 @@ def run_sync(
 
 
 def _needs_look(f: LocalFile, row: KnownFile | None) -> bool:
-    if row is None or not row["has_thumbnail"]:
+    if row is None or not row.has_thumbnail:
         return True
-    return row["byte_size"] != f.byte_size or row["mtime_ns"] != f.mtime_ns
+    return row.byte_size != f.byte_size or row.mtime_ns != f.mtime_ns
 
 
-def _process(store, storage, todo, known, report, *, jobs, max_pixels, progress) -> None:
+def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progress) -> None:
     pending_rows: list[ImageRecord] = []
     pending_touches: list[tuple[str, int, int]] = []
 
@@ -107,8 +107,8 @@ def _process(store, storage, todo, known, report, *, jobs, max_pixels, progress)
 
     def flush() -> None:
         nonlocal last_flush
-        store.upsert_images(pending_rows)
-        store.touch_files(pending_touches)
+        catalogue.upsert_images(pending_rows)
+        catalogue.touch_files(pending_touches)
         pending_rows.clear()
         pending_touches.clear()
         last_flush = time.monotonic()
@@ -149,7 +149,7 @@ def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[L
                   known: dict[str, KnownFile], max_pixels: int) -> list[Outcome]:
     """Inspect a few files on a decoder process, then upload each and say what its row should be."""
     rows = [known.get(f.key) for f in files]
-    wanted = [(f.path, row["sha256"] if row and row["has_thumbnail"] else None) for f, row in zip(files, rows)]
+    wanted = [(f.path, row.sha256 if row and row.has_thumbnail else None) for f, row in zip(files, rows)]
     try:
         results = decoders.submit(_inspect_many, wanted, max_pixels).result()
     except Exception as exc:  # a crashed decoder process must not stop the other files
@@ -186,7 +186,7 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
                          seen.format, f.mtime_ns, thumb)
     if row is None:
         kind = "new"
-    elif row["sha256"] == seen.sha256:
+    elif row.sha256 == seen.sha256:
         kind = "thumbnail"
     else:
         kind = "changed"

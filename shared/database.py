@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
 
-import psycopg
-from pgvector.psycopg import register_vector
-from psycopg_pool import ConnectionPool
-
+from .redact import mask_url
 from .settings import Settings
-
-log = logging.getLogger(__name__)
-
-
-class DatabaseError(Exception):
-    """The database cannot be reached or prepared; the message says which and why."""
+from .store import DatabaseError
 
 
 def database_url(settings: Settings) -> str:
@@ -29,12 +20,10 @@ def database_url(settings: Settings) -> str:
 
 
 def describe(settings: Settings) -> str:
-    """Say which database is in use without revealing a password."""
+    """Say which database is in use, never with its password."""
     if settings.embedded_database:
         return f"embedded Postgres in {settings.data_dir / 'postgres'}"
-    info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
-    host = info.get("host", "localhost")
-    return f"postgres://{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    return mask_url(settings.database_url or "")
 
 
 def start_embedded(pgdata: Path) -> str:
@@ -81,34 +70,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def connect(url: str) -> psycopg.Connection:
-    """Open one autocommit connection with the vector type registered."""
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=15)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"could not connect to the database: {exc}".strip()) from exc
-    _register(conn)
-    return conn
-
-
-def pool(url: str, max_size: int = 8) -> ConnectionPool:
-    """A connection pool whose connections know the vector type."""
-    return ConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs={"autocommit": True},
-        configure=_register,
-        open=True,
-    )
-
-
-def _register(conn: psycopg.Connection) -> None:
-    # register_vector needs the extension's types; before ensure-schema they may not exist yet.
-    try:
-        register_vector(conn)
-    except psycopg.ProgrammingError:
-        pass
-

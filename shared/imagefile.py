@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .dimensions import display_size, pillow_orientation
 
 THUMBNAIL_EDGE = 512
 THUMBNAIL_QUALITY = 80
-THUMBNAIL_BACKGROUND = (255, 255, 255)
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
 IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .tif .tiff .bmp .dib .heic .heif .hif .avif "
     ".ico .mpo .jp2 .j2k .tga .ppm .pgm .pbm .pnm .psd .qoi".split()
@@ -36,8 +37,36 @@ UPRIGHT = {
 _opener_registered = False
 
 
+# Formats a browser or an embedder can reasonably take from an upload (checked by content).
+UPLOAD_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
+
+
 class ImageProblem(Exception):
-    """The file is not a usable image; the message says why, for a user to read."""
+    """The file is not a usable image; the message says why, for a user to read.
+
+    `kind` tells callers what sort of problem it is: "empty", "not_image", "unreadable"
+    (corrupt), "too_large" (too many pixels), or "format" (an image of a refused format).
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@contextmanager
+def pillow_errors(what: str = "cannot decode"):
+    """Turn the many exceptions Pillow raises on bad data into one ImageProblem."""
+    try:
+        yield
+    except ImageProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageProblem(f"refused as a decompression bomb: {exc}", "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageProblem("not an image Pillow can read (unknown or corrupt format)",
+                           "not_image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageProblem(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -91,20 +120,16 @@ def inspect_image(
     except OSError as exc:
         raise ImageProblem(f"cannot read file: {exc.strerror}") from exc
     if not data:
-        raise ImageProblem("empty file (0 bytes)")
+        raise ImageProblem("empty file (0 bytes)", "empty")
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 == known_sha256:
         return Inspection(sha256=sha256, byte_size=len(data), unchanged=True)
-    try:
+    with pillow_errors("unreadable image header"):
         width, height = display_size(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageProblem("not an image Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem(f"unreadable image header: {exc}") from None
     if width * height > max_pixels:
         raise ImageProblem(
             f"refused as a decompression bomb: {width}x{height} = {width * height:,} pixels, "
-            f"over the limit of {max_pixels:,} (MAX_IMAGE_PIXELS)"
+            f"over the limit of {max_pixels:,} (MAX_IMAGE_PIXELS)", "too_large"
         )
     image_format, thumb = _decode(data, thumbnail)
     return Inspection(
@@ -120,31 +145,38 @@ def inspect_image(
 
 def _decode(data: bytes, thumbnail: bool) -> tuple[str, bytes | None]:
     """Decode the first frame at reduced size where the format allows; make a thumbnail."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or "unknown"
-            w, h = image.size
-            scale = THUMBNAIL_EDGE / max(w, h)
-            if scale < 1 and image_format in ("JPEG", "MPO"):
-                # JPEG decodes at 1/2, 1/4 or 1/8 size: the whole file is still read and checked.
-                image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-            image.load()
-            thumb = make_thumbnail(image) if thumbnail else None
-    except Image.DecompressionBombError as exc:
-        raise ImageProblem(f"refused as a decompression bomb: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
-        raise ImageProblem(f"refused as a decompression bomb: {exc}") from None
-    except UnidentifiedImageError:
-        raise ImageProblem("not an image Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageProblem(f"cannot decode: {exc}") from None
+    with pillow_errors(), Image.open(io.BytesIO(data)) as image:
+        image_format = image.format or "unknown"
+        w, h = image.size
+        scale = THUMBNAIL_EDGE / max(w, h)
+        if scale < 1 and image_format in ("JPEG", "MPO"):
+            # JPEG decodes at 1/2, 1/4 or 1/8 size: the whole file is still read and checked.
+            image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        image.load()
+        thumb = make_thumbnail(image) if thumbnail else None
     return image_format, thumb
+
+
+def check_upload(data: bytes, max_pixels: int) -> str:
+    """The format of an uploaded image, checked by decoding it; raises ImageProblem."""
+    if not data:
+        raise ImageProblem("the upload is empty: choose an image file", "empty")
+    prepare_decoders(max_pixels)
+    with pillow_errors("the image cannot be decoded"), Image.open(io.BytesIO(data)) as image:
+        image_format = image.format or ""
+        if image.width * image.height > max_pixels:
+            raise ImageProblem(
+                f"the image is too large ({image.width}x{image.height} pixels)", "too_large")
+        if image_format not in UPLOAD_FORMATS:
+            raise ImageProblem(f"{image_format or 'this'} images are not accepted", "format")
+        image.load()
+    return image_format
 
 
 def make_thumbnail(image: Image.Image) -> bytes:
     """A JPEG of about THUMBNAIL_EDGE px on the long side, upright, on white where transparent."""
     orientation = pillow_orientation(image)
-    rgb = _to_rgb(image)
+    rgb = to_rgb(image)
     # After the reduced-size decode the shrink left is under 2x; area averaging (BOX) looks as
     # good as bicubic there at less than half the cost, and the resize is most of sync's work
     # beyond the decode (docs/benchmarks.md).
@@ -156,7 +188,8 @@ def make_thumbnail(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any mode: high-bit greyscale scaled, transparency composited onto white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # High-bit-depth greyscale: scale by the brightest pixel, not by 2**16, or 12-bit scans go black.
         pixels = np.asarray(image, dtype=np.float32)
@@ -164,9 +197,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray((pixels * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        # alpha_composite gives the same values as transformers' CLIP preprocessing.
         rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, THUMBNAIL_BACKGROUND)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        white = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")

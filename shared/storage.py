@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,15 @@ class Storage(Protocol):
 def thumbnail_key(sha256: str) -> str:
     """Thumbnails are content-addressed: the same picture under two names shares one."""
     return f"{sha256[:2]}/{sha256}.jpg"
+
+
+_THUMBNAIL_KEY = re.compile(r"([0-9a-f]{2})/(\1[0-9a-f]{62})\.jpg")
+
+
+def thumbnail_sha256(key: str) -> str | None:
+    """The content hash a thumbnail key names, or None when `key` is not one `thumbnail_key` makes."""
+    match = _THUMBNAIL_KEY.fullmatch(key)
+    return match.group(2) if match else None
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from loader.sync import run_sync
-from shared.database import connect
 from shared.embedders.base import ImageSource
 from shared.settings import Settings
 from shared.storage import open_storage
-from shared.store import ImageStore
+from shared.embedders.base import Embedder
+from shared.store import Catalogue, Schema, connect
 
 DIM = 768
 # Each known word owns one axis; colours of uploaded images land on the same axes as their words.
@@ -27,12 +27,10 @@ BIAS_AXIS = 100  # a little of every vector, so an unknown word still has a dire
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 
 
-class WordEmbedder:
+class WordEmbedder(Embedder):
     """A deterministic stand-in for CLIP: texts are bags of known words, images their mean colour."""
 
     model_id = "test/word-vectors"
-    supports_texts = True
-    supports_images = True
 
     def __init__(self, dimensions: int = DIM, delay_s: float = 0.0, error: str | None = None) -> None:
         self.dimensions = dimensions
@@ -140,9 +138,8 @@ def build_library(pg_url: str, root: Path, n_fillers: int = 30) -> Settings:
         draw(picture).save(images / picture.name)
     settings = Settings(images_dir=images, data_dir=root / "data", database_url=pg_url)
     with connect(pg_url) as conn:
-        store = ImageStore(conn)
-        store.ensure_schema(DIM)
-        report = run_sync(store, open_storage(settings), images, jobs=2,
+        Schema(conn).ensure(DIM)
+        report = run_sync(Catalogue(conn), open_storage(settings), images, jobs=2,
                           max_pixels=settings.max_image_pixels, progress=False)
         assert not report.failed, report.failed
         for picture in pictures:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.database import connect, start_embedded
+from shared.database import start_embedded
 from shared.settings import Settings
-from shared.store import ImageStore
+from shared.store import Catalogue, Schema, connect
 
 DATA = Path(__file__).parent / "data"
 WILD = DATA / "wild"
@@ -47,13 +47,18 @@ def db_url(pg_url) -> str:
 
 
 @pytest.fixture
-def store(db_url) -> ImageStore:
-    """A store on an empty database with the schema in place (768 dimensions)."""
+def conn(db_url):
+    """A connection to an empty database with the schema in place (768 dimensions)."""
     conn = connect(db_url)
-    store = ImageStore(conn)
-    store.ensure_schema(768)
-    yield store
+    Schema(conn).ensure(768)
+    yield conn
     conn.close()
+
+
+@pytest.fixture
+def catalogue(conn) -> Catalogue:
+    """The catalogue on that connection."""
+    return Catalogue(conn)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -11,17 +12,20 @@ import pytest
 from browse_support import HOSTILE, WordEmbedder, build_library, png_bytes
 
 from browse import create_app
-from shared.database import connect
 from shared.settings import R2Settings, Settings
-from shared.store import ImageRecord, ImageStore
+from shared.store import Catalogue, ImageRecord, Schema, connect
 
 MAX_UPLOAD = 64 * 1024
+FROM_SETTINGS = "build the embedder from the settings"
 
 
-def make_app(settings: Settings, embedder=None, **config):
+def make_app(settings: Settings, embedder=None, **web):
     """An app on these settings with small limits; closed by the caller."""
-    return create_app(settings, embedder=embedder,
-                      test_config={"PAGE_SIZE": 10, "MAX_UPLOAD_BYTES": MAX_UPLOAD, **config})
+    web = {"page_size": 10, "max_upload_bytes": MAX_UPLOAD, **web}
+    settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, **web))
+    if embedder == FROM_SETTINGS:
+        return create_app(settings)
+    return create_app(settings, embedder=embedder)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_list_walks_every_image_once_newest_first_by_keyset(client, library):
 def test_keyset_cursor_is_stable_when_newer_rows_arrive(client, library):
     first = client.get("/api/images?limit=5").get_json()
     with connect(library.database_url) as conn:
-        ImageStore(conn).upsert_images([ImageRecord("arrived-later.jpg", 10, 10, 1, "0" * 64, "JPEG", 1, None)])
+        Catalogue(conn).upsert_images([ImageRecord("arrived-later.jpg", 10, 10, 1, "0" * 64, "JPEG", 1, None)])
     try:
         second = client.get(f"/api/images?limit=5&cursor={first['next_cursor']}").get_json()
         everything = client.get("/api/images?limit=200").get_json()["images"]
@@ -79,7 +83,7 @@ def test_keyset_cursor_is_stable_when_newer_rows_arrive(client, library):
         assert [i["id"] for i in first["images"] + second["images"]] == order[:10]
     finally:
         with connect(library.database_url) as conn:
-            ImageStore(conn).delete_images(["arrived-later.jpg"])
+            Catalogue(conn).delete_images(["arrived-later.jpg"])
 
 
 def test_one_image_has_its_details_and_local_urls(client):
@@ -128,7 +132,7 @@ def test_search_refuses_out_of_range_k_and_empty_queries(client, query):
 
 def test_similar_images_use_the_stored_embedding_without_a_model_call(app, client):
     ids = ids_by_name(client)
-    embedder = app.extensions["image_browser"].embedder
+    embedder = app.extensions["image_browser"].search.embedder
     before = embedder.calls
     body = client.get(f"/api/images/{ids['red-bicycle-snow.jpg']}/similar?k=3").get_json()
     assert embedder.calls == before
@@ -190,7 +194,7 @@ def test_status_counts_images_waiting_for_embeddings(client):
 
 
 def test_no_embedder_keeps_browsing_and_says_why_search_is_off(library):
-    app = make_app(library, None)
+    app = make_app(dataclasses.replace(library, embedder="replicate"), FROM_SETTINGS)
     try:
         client = app.test_client()
         assert client.get("/api/images").status_code == 200
@@ -215,7 +219,7 @@ def test_dimension_mismatch_is_a_visible_warning_and_search_is_refused(library):
 
 
 def test_slow_embedder_times_out_without_blocking_other_requests(library):
-    app = make_app(library, WordEmbedder(delay_s=3.0), EMBED_TIMEOUT_S=0.5)
+    app = make_app(library, WordEmbedder(delay_s=3.0), embed_timeout_s=0.5)
     try:
         client = app.test_client()
         other: dict = {}
@@ -242,8 +246,6 @@ def test_slow_embedder_times_out_without_blocking_other_requests(library):
 
 
 def test_embedder_failure_is_503_and_never_shows_the_token(library):
-    import dataclasses
-
     secret = "r8_super_secret_token_value"
     settings = dataclasses.replace(library, replicate_api_token=secret)
     app = make_app(settings, WordEmbedder(error=f"401 Unauthorized for token {secret}"))
@@ -303,11 +305,11 @@ def hostile_rows(library, tmp_path):
     thumb_link.symlink_to(secret)
     names = ["link-out.jpg", "../secret.jpg", "dir-link/secret.jpg", str(secret), ".hidden.jpg"]
     with connect(library.database_url) as conn:
-        ImageStore(conn).upsert_images(
+        Catalogue(conn).upsert_images(
             [ImageRecord(n, 1, 1, 16, "1" * 64, "JPEG", 1, None) for n in names])
     yield
     with connect(library.database_url) as conn:
-        ImageStore(conn).delete_images(names)
+        Catalogue(conn).delete_images(names)
     for link in (library.images_dir / "link-out.jpg", library.images_dir / "dir-link", thumb_link):
         link.unlink()
     secret.unlink()
@@ -354,13 +356,10 @@ def test_every_response_has_a_restrictive_csp(client):
 def test_r2_mode_links_to_image_base_url(settings):
     r2 = R2Settings(account_id="acct", access_key_id="key", secret_access_key="r2-secret-value",
                     bucket="photos", prefix="lib/", endpoint_url="http://127.0.0.1:9")
-    import dataclasses
-
     settings = dataclasses.replace(settings, r2=r2, image_base_url="https://img.example.com/")
     with connect(settings.database_url) as conn:
-        store = ImageStore(conn)
-        store.ensure_schema(768)
-        store.upsert_images([ImageRecord("trip/a b.jpg", 40, 30, 9, "c" * 64, "JPEG", 1, "cc/" + "c" * 64 + ".jpg")])
+        Schema(conn).ensure(768)
+        Catalogue(conn).upsert_images([ImageRecord("trip/a b.jpg", 40, 30, 9, "c" * 64, "JPEG", 1, "cc/" + "c" * 64 + ".jpg")])
     app = make_app(settings, None)
     try:
         client = app.test_client()
@@ -375,3 +374,21 @@ def test_r2_mode_links_to_image_base_url(settings):
         assert client.get("/media/original/trip/a%20b.jpg").status_code == 404
     finally:
         app.extensions["image_browser"].close()
+
+
+def test_the_app_checks_the_schema_and_never_creates_it(settings):
+    from shared.store import SchemaError
+
+    with pytest.raises(SchemaError, match="loader ensure-schema"):
+        create_app(settings, embedder=None)
+    with connect(settings.database_url) as conn:
+        assert not Schema(conn).table_exists()
+
+
+def test_each_request_gives_its_connection_back(app):
+    client = app.test_client()
+    pool = app.extensions["image_browser"].pool
+    for url in ("/", "/api/images", "/status", "/api/status", "/?q=cat", "/api/images/999999"):
+        client.get(url)
+        stats = pool.get_stats()
+        assert stats["pool_size"] - stats["pool_available"] == 0, url  # nothing still lent out

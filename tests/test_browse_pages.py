@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import threading
 from pathlib import Path
@@ -32,7 +33,8 @@ def server(pg_url, tmp_path_factory):
     from werkzeug.serving import make_server
 
     settings = build_library(pg_url, tmp_path_factory.mktemp("pages"))
-    app = create_app(settings, embedder=WordEmbedder(), test_config={"PAGE_SIZE": PAGE_SIZE})
+    settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, page_size=PAGE_SIZE))
+    app = create_app(settings, embedder=WordEmbedder())
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -18,12 +18,12 @@ from fake_replicate import TOKEN, FakeReplicate, fake_vector, unit
 
 from loader.cli import main
 from loader.embed import EmbedOptions, run_embed
-from shared.database import connect
+
 from shared.embedders.replicate import ReplicateEmbedder
 from shared.embedders.retry import Backoff
 from shared.storage import LocalStorage, R2Storage
 from shared.settings import R2Settings
-from shared.store import ImageRecord, ImageStore
+from shared.store import Catalogue, EmbeddingQueue, ImageRecord, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
@@ -34,19 +34,23 @@ def make_embedder(server: FakeReplicate, **kwargs) -> ReplicateEmbedder:
     return ReplicateEmbedder(TOKEN, **{**values, **kwargs})
 
 
-def seed(store: ImageStore, images_dir: Path, contents: dict[str, bytes]) -> dict[str, bytes]:
+def seed(conn, images_dir: Path, contents: dict[str, bytes]) -> dict[str, bytes]:
     """Write files and their rows, as `loader sync` would."""
     records = []
     for name, data in contents.items():
         (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (images_dir / name).write_bytes(data)
         records.append(ImageRecord(name, 1, 1, len(data), hashlib.sha256(data).hexdigest(), "JPEG", 0, None))
-    store.upsert_images(records)
+    Catalogue(conn).upsert_images(records)
     return contents
 
 
-def rows(store: ImageStore) -> dict[str, dict]:
-    result = store.conn.execute(
+def counts(conn) -> dict[str, int]:
+    return Catalogue(conn).counts().as_dict()
+
+
+def rows(conn) -> dict[str, dict]:
+    result = conn.execute(
         """SELECT filename, embedding, embedding_model, embedded_at, last_error, attempts, claimed_by
            FROM image_embeddings"""
     ).fetchall()
@@ -66,109 +70,109 @@ def many(n: int, duplicates_every: int = 0) -> dict[str, bytes]:
     return {f"img{i:04d}.jpg": f"pixels {i % duplicates_every if duplicates_every else i}".encode() for i in range(n)}
 
 
-def test_full_backfill_embeds_every_row_once_and_shares_duplicates(store, settings, server):
-    contents = seed(store, settings.images_dir, {**many(12), "copy/of-img0003.jpg": b"pixels 3"})
-    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=4), progress=False)
+def test_full_backfill_embeds_every_row_once_and_shares_duplicates(conn, settings, server):
+    contents = seed(conn, settings.images_dir, {**many(12), "copy/of-img0003.jpg": b"pixels 3"})
+    report = run_embed(conn, make_embedder(server), storage_for(settings), EmbedOptions(jobs=4), progress=False)
     assert (report.embedded, report.shared, report.failed, report.error) == (12, 1, [], None)
     assert report.db_seconds > 0
     assert set(server.predicted.values()) == {1} and len(server.predicted) == 12
-    for name, row in rows(store).items():
+    for name, row in rows(conn).items():
         expected = unit(fake_vector(server.file_key(contents[name])))
         np.testing.assert_allclose(row["embedding"], expected, rtol=1e-5)
         assert row["model"] == MODEL and row["embedded_at"] is not None and row["claimed_by"] is None
-    again = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    again = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
     assert (again.embedded, again.shared) == (0, 0)
-    assert store.counts() == {"images": 13, "embedded": 13, "waiting": 0, "failed": 0}
+    assert counts(conn) == {"images": 13, "embedded": 13, "waiting": 0, "failed": 0}
 
 
-def test_new_copy_of_an_embedded_image_gets_its_vector_without_a_prediction(store, settings, server):
-    seed(store, settings.images_dir, {"a.jpg": b"same"})
-    run_embed(store, make_embedder(server), storage_for(settings), progress=False)
-    seed(store, settings.images_dir, {"b.jpg": b"same"})
-    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+def test_new_copy_of_an_embedded_image_gets_its_vector_without_a_prediction(conn, settings, server):
+    seed(conn, settings.images_dir, {"a.jpg": b"same"})
+    run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
+    seed(conn, settings.images_dir, {"b.jpg": b"same"})
+    report = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
     assert (report.embedded, report.shared) == (0, 1) and server.stats["creates"] == 1
-    r = rows(store)
+    r = rows(conn)
     np.testing.assert_array_equal(r["a.jpg"]["embedding"], r["b.jpg"]["embedding"])
 
 
-def test_public_urls_are_sent_when_storage_is_r2(store, settings, server, s3_endpoint):
-    seed(store, settings.images_dir, {"trip/beach 1.jpg": b"sand"})
+def test_public_urls_are_sent_when_storage_is_r2(conn, settings, server, s3_endpoint):
+    seed(conn, settings.images_dir, {"trip/beach 1.jpg": b"sand"})
     r2 = R2Storage(R2Settings("acct", "key", "secret", "bucket", "photos/", s3_endpoint), "https://img.example")
-    run_embed(store, make_embedder(server), r2, progress=False)
+    run_embed(conn, make_embedder(server), r2, progress=False)
     url = "https://img.example/photos/trip/beach%201.jpg"
     assert server.predicted == {url: 1} and server.stats["uploads"] == 0
-    np.testing.assert_allclose(rows(store)["trip/beach 1.jpg"]["embedding"], unit(fake_vector(url)), rtol=1e-5)
+    np.testing.assert_allclose(rows(conn)["trip/beach 1.jpg"]["embedding"], unit(fake_vector(url)), rtol=1e-5)
 
 
-def test_transient_faults_are_survived(store, settings, server):
-    seed(store, settings.images_dir, many(6))
+def test_transient_faults_are_survived(conn, settings, server):
+    seed(conn, settings.images_dir, many(6))
     for fault in ("throttle", "error500", "malformed", "throttle"):
         server.queue(fault)
-    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
+    report = run_embed(conn, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
     assert (report.embedded, report.failed) == (6, [])
-    assert server.stats["throttled"] == 2 and store.counts()["embedded"] == 6
+    assert server.stats["throttled"] == 2 and counts(conn)["embedded"] == 6
 
 
-def test_a_failing_image_is_recorded_and_its_neighbours_are_not_held_up(store, settings, server):
-    contents = seed(store, settings.images_dir, many(5))
+def test_a_failing_image_is_recorded_and_its_neighbours_are_not_held_up(conn, settings, server):
+    contents = seed(conn, settings.images_dir, many(5))
     server.fail_when = (server.file_key(contents["img0002.jpg"]),)
-    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    report = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
     assert report.embedded == 4 and [f["file"] for f in report.failed] == ["img0002.jpg"]
-    bad = rows(store)["img0002.jpg"]
+    bad = rows(conn)["img0002.jpg"]
     assert bad["embedding"] is None and "could not read" in bad["last_error"] and bad["attempts"] == 1
-    assert store.counts()["failed"] == 1
+    assert counts(conn)["failed"] == 1
 
-    assert run_embed(store, make_embedder(server), storage_for(settings), progress=False).failed == []
+    assert run_embed(conn, make_embedder(server), storage_for(settings), progress=False).failed == []
     server.fail_when = ()
-    retried = run_embed(store, make_embedder(server), storage_for(settings),
+    retried = run_embed(conn, make_embedder(server), storage_for(settings),
                         EmbedOptions(retry_failed=True), progress=False)
-    assert retried.embedded == 1 and rows(store)["img0002.jpg"]["last_error"] is None
+    assert retried.embedded == 1 and rows(conn)["img0002.jpg"]["last_error"] is None
 
 
-def test_gives_up_after_n_attempts_and_says_why(store, settings, server):
-    seed(store, settings.images_dir, {"a.jpg": b"a"})
+def test_gives_up_after_n_attempts_and_says_why(conn, settings, server):
+    seed(conn, settings.images_dir, {"a.jpg": b"a"})
     server.queue("error500", times=3)
-    report = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
-    row = rows(store)["a.jpg"]
+    report = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
+    row = rows(conn)["a.jpg"]
     assert len(report.failed) == 1 and row["attempts"] == 3
     assert row["last_error"].startswith("gave up after 3 attempts") and "HTTP 500" in row["last_error"]
 
 
-def test_dimension_mismatch_stores_nothing_and_says_why(store, settings, server):
-    seed(store, settings.images_dir, many(8))
+def test_dimension_mismatch_stores_nothing_and_says_why(conn, settings, server):
+    seed(conn, settings.images_dir, many(8))
     server.dim = 512
-    report = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
+    report = run_embed(conn, make_embedder(server), storage_for(settings), EmbedOptions(jobs=2), progress=False)
     assert "512" in report.error and "768" in report.error and report.embedded == 0
     assert all(r["embedding"] is None and r["last_error"] is None and r["claimed_by"] is None
-               and r["attempts"] == 0 for r in rows(store).values())
+               and r["attempts"] == 0 for r in rows(conn).values())
 
 
-def test_reembed_and_limit(store, settings, server):
-    seed(store, settings.images_dir, many(6))
-    store.conn.execute(
+def test_reembed_and_limit(conn, settings, server):
+    seed(conn, settings.images_dir, many(6))
+    conn.execute(
         "UPDATE image_embeddings SET embedding = %s, embedding_model = 'old/model' WHERE filename < 'img0003'",
         (np.ones(768, dtype=np.float32),),
     )
-    limited = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(limit=2), progress=False)
+    limited = run_embed(conn, make_embedder(server), storage_for(settings), EmbedOptions(limit=2), progress=False)
     assert limited.embedded == 2
-    plain = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
-    assert plain.embedded == 1 and {r["model"] for r in rows(store).values()} == {"old/model", MODEL}
-    redone = run_embed(store, make_embedder(server), storage_for(settings), EmbedOptions(reembed=True), progress=False)
-    assert redone.embedded == 3 and {r["model"] for r in rows(store).values()} == {MODEL}
+    plain = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
+    assert plain.embedded == 1 and {r["model"] for r in rows(conn).values()} == {"old/model", MODEL}
+    redone = run_embed(conn, make_embedder(server), storage_for(settings), EmbedOptions(reembed=True), progress=False)
+    assert redone.embedded == 3 and {r["model"] for r in rows(conn).values()} == {MODEL}
 
 
-def test_two_workers_in_parallel_embed_each_content_once(db_url, store, settings, server):
-    contents = seed(store, settings.images_dir, many(80, duplicates_every=50))
+def test_two_workers_in_parallel_embed_each_content_once(db_url, conn, settings, server):
+    contents = seed(conn, settings.images_dir, many(80, duplicates_every=50))
     server.latency = 0.02
     reports = []
 
     def worker() -> None:
-        conn = connect(db_url)
+        own = connect(db_url)
         try:
-            reports.append(run_embed(ImageStore(conn), make_embedder(server), storage_for(settings),
+            reports.append(run_embed(own, make_embedder(server), storage_for(settings),
                                      EmbedOptions(jobs=3), progress=False))
         finally:
-            conn.close()
+            own.close()
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
@@ -178,7 +182,7 @@ def test_two_workers_in_parallel_embed_each_content_once(db_url, store, settings
     assert all(r.embedded > 0 and r.failed == [] for r in reports)
     assert sum(r.embedded for r in reports) == 50 and sum(r.shared for r in reports) == 30
     assert len(server.predicted) == 50 and set(server.predicted.values()) == {1}
-    for name, row in rows(store).items():
+    for name, row in rows(conn).items():
         np.testing.assert_allclose(row["embedding"], unit(fake_vector(server.file_key(contents[name]))), rtol=1e-5)
 
 
@@ -191,8 +195,8 @@ def loader_env(settings, server: FakeReplicate) -> dict[str, str]:
     }
 
 
-def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(store, settings, server):
-    seed(store, settings.images_dir, many(12))
+def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(conn, settings, server):
+    seed(conn, settings.images_dir, many(12))
     server.latency = 0.4
     process = subprocess.Popen(
         [sys.executable, "-m", "loader", "embed", "--jobs", "2", "--lease", "2", "--json"],
@@ -200,31 +204,31 @@ def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(store, se
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    while store.counts()["embedded"] < 3 and time.monotonic() < deadline:
+    while counts(conn)["embedded"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = rows(store)
+    before = rows(conn)
     done_before = {name: r["embedded_at"] for name, r in before.items() if r["embedding"] is not None}
     held = {name for name, r in before.items() if r["claimed_by"] is not None}
     assert len(done_before) >= 3 and held, "the worker should die holding claims"
 
-    at_once = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    at_once = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
     assert at_once.embedded == 12 - len(done_before) - len(held)  # the dead worker's leases still hold
     assert at_once.leased_elsewhere == len(held) and at_once.leases_end  # and the run says so
     time.sleep(2.1)
-    later = run_embed(store, make_embedder(server), storage_for(settings), progress=False)
+    later = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
     assert later.embedded == len(held) and later.failed == []
 
-    after = rows(store)
+    after = rows(conn)
     assert all(r["embedding"] is not None and r["claimed_by"] is None for r in after.values())
     assert {name: after[name]["embedded_at"] for name in done_before} == done_before
     embedded_keys = {server.file_key(f"pixels {int(name[3:7])}".encode()) for name in done_before}
     assert all(server.predicted[key] == 1 for key in embedded_keys)
 
 
-def test_cli_json_summary_and_exit_codes(settings, server, store):
-    contents = seed(store, settings.images_dir, many(3))
+def test_cli_json_summary_and_exit_codes(settings, server, conn):
+    contents = seed(conn, settings.images_dir, many(3))
     server.fail_when = (server.file_key(contents["img0001.jpg"]),)
     env = {k: v for k, v in loader_env(settings, server).items() if k != "PYTHONPATH"}
     result = CliRunner().invoke(main, ["embed", "--json"], env=env)
@@ -236,9 +240,9 @@ def test_cli_json_summary_and_exit_codes(settings, server, store):
     assert result.exit_code == 1 and "REPLICATE_API_TOKEN is not set" in result.output
 
 
-def test_cli_says_which_images_wait_for_another_workers_leases(settings, server, store):
-    seed(store, settings.images_dir, many(4))
-    store.claim_batch("someone-else", 2, lease_seconds=600, model_id=make_embedder(server).model_id)
+def test_cli_says_which_images_wait_for_another_workers_leases(settings, server, conn):
+    seed(conn, settings.images_dir, many(4))
+    EmbeddingQueue(conn, make_embedder(server).model_id).claim("someone-else", 2, lease_seconds=600)
     env = {k: v for k, v in loader_env(settings, server).items() if k != "PYTHONPATH"}
     result = CliRunner().invoke(main, ["embed"], env=env)
     assert result.exit_code == 0, result.output

@@ -19,25 +19,24 @@ from PIL import Image
 
 from loader.cli import main as loader_cli
 from loader.sync import run_sync
-from shared.database import connect
 from shared.settings import R2Settings
 from shared.storage import LocalStorage, R2Storage
-from shared.store import ImageStore
+from shared.store import Catalogue, Schema, connect
 
 from conftest import make_public_bucket, wild_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sync(store, images, storage=None, **kw):
+def sync(catalogue, images, storage=None, **kw):
     storage = storage or LocalStorage(images, images.parent / "thumbs")
-    return run_sync(store, storage, images, jobs=2, max_pixels=50_000_000, progress=False, **kw)
+    return run_sync(catalogue, storage, images, jobs=2, max_pixels=50_000_000, progress=False, **kw)
 
 
-def rows(store) -> dict[str, tuple]:
+def rows(catalogue) -> dict[str, tuple]:
     return {
         r[0]: r[1:]
-        for r in store.conn.execute(
+        for r in catalogue.conn.execute(
             "SELECT filename, width, height, sha256, thumbnail_key, updated_at FROM image_embeddings"
         ).fetchall()
     }
@@ -51,13 +50,13 @@ def save_jpeg(path: Path, size=(64, 48), color=(200, 30, 30), orientation: int |
     Image.new("RGB", size, color).save(path, "JPEG", exif=exif.tobytes())
 
 
-def test_wild_images_land_with_displayed_size_and_broken_ones_are_reported(store, wild_images):
-    report = sync(store, wild_images)
+def test_wild_images_land_with_displayed_size_and_broken_ones_are_reported(catalogue, wild_images):
+    report = sync(catalogue, wild_images)
     manifest = wild_manifest()
     ok = {r["path"]: (int(r["expected_width"]), int(r["expected_height"])) for r in manifest
           if r["expected_outcome"] == "ok"}
     bad = {r["path"] for r in manifest if r["expected_outcome"] == "error"}
-    stored = rows(store)
+    stored = rows(catalogue)
     assert {name: (w, h) for name, (w, h, *_rest) in stored.items()} == ok
     assert {f["file"] for f in report.failed} == bad
     assert all(f["error"] for f in report.failed)
@@ -67,58 +66,58 @@ def test_wild_images_land_with_displayed_size_and_broken_ones_are_reported(store
         assert (thumbs / thumb).is_file(), name
 
 
-def test_thumbnails_are_upright(store, tmp_path):
+def test_thumbnails_are_upright(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "rotated.jpg", size=(120, 60), orientation=6)  # stored wide, shown tall
-    sync(store, images)
-    (thumb,) = [r[3] for r in rows(store).values()]
+    sync(catalogue, images)
+    (thumb,) = [r[3] for r in rows(catalogue).values()]
     with Image.open(tmp_path / "thumbs" / thumb) as image:
         assert image.size == (60, 120)
 
 
-def test_rerun_is_a_no_op(store, wild_images):
-    sync(store, wild_images)
-    before = rows(store)
-    again = sync(store, wild_images)
+def test_rerun_is_a_no_op(catalogue, wild_images):
+    sync(catalogue, wild_images)
+    before = rows(catalogue)
+    again = sync(catalogue, wild_images)
     assert again.new == again.changed == again.thumbnails == 0
     assert again.unchanged == len(before)
-    assert rows(store) == before  # not even updated_at moved
+    assert rows(catalogue) == before  # not even updated_at moved
 
 
-def test_touched_file_is_rehashed_but_not_rewritten(store, tmp_path):
+def test_touched_file_is_rehashed_but_not_rewritten(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg")
-    sync(store, images)
+    sync(catalogue, images)
     os.utime(images / "a.jpg", ns=(1, 1))
-    report = sync(store, images)
+    report = sync(catalogue, images)
     assert report.unchanged == 1 and report.changed == 0
-    assert store.known_files()["a.jpg"]["mtime_ns"] == 1
+    assert catalogue.known_files()["a.jpg"].mtime_ns == 1
 
 
-def test_changed_file_updates_its_row_and_forgets_its_embedding(store, tmp_path):
+def test_changed_file_updates_its_row_and_forgets_its_embedding(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg", size=(64, 48))
-    sync(store, images)
-    store.conn.execute("UPDATE image_embeddings SET embedding = %s", (np.ones(768, np.float32),))
+    sync(catalogue, images)
+    catalogue.conn.execute("UPDATE image_embeddings SET embedding = %s", (np.ones(768, np.float32),))
     save_jpeg(images / "a.jpg", size=(30, 90), color=(0, 0, 255))
-    report = sync(store, images)
+    report = sync(catalogue, images)
     assert report.changed == 1
-    assert rows(store)["a.jpg"][:2] == (30, 90)
-    assert store.counts()["embedded"] == 0
+    assert rows(catalogue)["a.jpg"][:2] == (30, 90)
+    assert catalogue.counts().embedded == 0
 
 
-def test_same_content_under_two_names_is_two_rows_with_one_hash(store, tmp_path):
+def test_same_content_under_two_names_is_two_rows_with_one_hash(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg")
     (images / "copy").mkdir()
     (images / "copy" / "a again.jpg").write_bytes((images / "a.jpg").read_bytes())
-    sync(store, images)
-    stored = rows(store)
+    sync(catalogue, images)
+    stored = rows(catalogue)
     assert set(stored) == {"a.jpg", "copy/a again.jpg"}
     assert stored["a.jpg"][2] == stored["copy/a again.jpg"][2]
 
 
-def test_hidden_files_non_images_and_links_out_are_skipped(store, tmp_path):
+def test_hidden_files_non_images_and_links_out_are_skipped(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "keep.jpg")
     save_jpeg(images / ".hidden.jpg")
@@ -129,8 +128,8 @@ def test_hidden_files_non_images_and_links_out_are_skipped(store, tmp_path):
     (images / "link-out.jpg").symlink_to(outside / "secret.jpg")
     (images / "folder-out").symlink_to(outside, target_is_directory=True)
     (images / "link-in.jpg").symlink_to(images / "keep.jpg")
-    report = sync(store, images)
-    assert set(rows(store)) == {"keep.jpg", "link-in.jpg"}
+    report = sync(catalogue, images)
+    assert set(rows(catalogue)) == {"keep.jpg", "link-in.jpg"}
     assert report.skipped == 5 and not report.failed
 
 
@@ -144,45 +143,45 @@ def write_png_header_bomb(path: Path, width: int, height: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
-def test_decompression_bomb_is_refused_without_decoding(store, tmp_path):
+def test_decompression_bomb_is_refused_without_decoding(catalogue, tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
     write_png_header_bomb(images / "bomb.png", 100_000, 100_000)
     save_jpeg(images / "fine.jpg")
-    report = sync(store, images)
+    report = sync(catalogue, images)
     assert [f["file"] for f in report.failed] == ["bomb.png"]
     assert "decompression bomb" in report.failed[0]["error"]
-    assert set(rows(store)) == {"fine.jpg"}
+    assert set(rows(catalogue)) == {"fine.jpg"}
 
 
-def test_prune_removes_rows_and_thumbnails_of_deleted_files(store, tmp_path):
+def test_prune_removes_rows_and_thumbnails_of_deleted_files(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg", color=(1, 2, 3))
     save_jpeg(images / "b.jpg", color=(200, 200, 0))
-    sync(store, images)
-    thumb_b = rows(store)["b.jpg"][3]
+    sync(catalogue, images)
+    thumb_b = rows(catalogue)["b.jpg"][3]
     (images / "b.jpg").unlink()
-    assert sync(store, images).pruned == 0  # opt-in
-    assert "b.jpg" in rows(store)
-    report = sync(store, images, prune=True)
-    assert report.pruned == 1 and set(rows(store)) == {"a.jpg"}
+    assert sync(catalogue, images).pruned == 0  # opt-in
+    assert "b.jpg" in rows(catalogue)
+    report = sync(catalogue, images, prune=True)
+    assert report.pruned == 1 and set(rows(catalogue)) == {"a.jpg"}
     assert not (tmp_path / "thumbs" / thumb_b).exists()
 
 
-def test_dry_run_changes_nothing(store, tmp_path):
+def test_dry_run_changes_nothing(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg")
-    report = sync(store, images, dry_run=True)
-    assert report.new == 1 and rows(store) == {}
+    report = sync(catalogue, images, dry_run=True)
+    assert report.new == 1 and rows(catalogue) == {}
 
 
-def test_sync_to_r2_uploads_originals_and_thumbnails(store, tmp_path, s3_endpoint, wild_images):
+def test_sync_to_r2_uploads_originals_and_thumbnails(catalogue, tmp_path, s3_endpoint, wild_images):
     bucket = make_public_bucket(s3_endpoint)
     r2 = R2Storage(R2Settings("acct", "k", "s", bucket, "lib/", s3_endpoint), f"{s3_endpoint}/{bucket}")
-    report = sync(store, wild_images, storage=r2)
+    report = sync(catalogue, wild_images, storage=r2)
     keys = {o["Key"]: o for page in r2.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])}
-    for name, (_w, _h, _sha, thumb, _t) in rows(store).items():
+    for name, (_w, _h, _sha, thumb, _t) in rows(catalogue).items():
         assert f"lib/{name}" in keys
         assert f"lib/.thumbnails/{thumb}" in keys
     head = r2.client.head_object(Bucket=bucket, Key="lib/formats/horse.jpg")
@@ -238,16 +237,16 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
                   R2_ENDPOINT_URL=s3_endpoint, IMAGE_BASE_URL=f"{s3_endpoint}/{bucket}")
     command = [sys.executable, "-m", "loader", "sync", "--jobs", "2"]
     conn = connect(db_url)
-    store = ImageStore(conn)
-    store.ensure_schema(768)
+    Schema(conn).ensure(768)
+    catalogue = Catalogue(conn)
     child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and store.counts()["images"] == 0 and child.poll() is None:
+    while time.monotonic() < deadline and catalogue.counts().images == 0 and child.poll() is None:
         time.sleep(0.02)
     os.killpg(child.pid, signal.SIGKILL)  # the whole process group: decoders too
     child.wait()
-    landed = store.counts()["images"]
+    landed = catalogue.counts().images
     assert 0 < landed < 240, "the kill should land half-way"
 
     admin = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="k",
@@ -257,12 +256,12 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
         pages = admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="p/")
         return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
-    assert {f"p/{name}" for name in store.known_files()} <= objects()  # no row without its object
+    assert {f"p/{name}" for name in catalogue.known_files()} <= objects()  # no row without its object
 
     finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
-    assert store.counts()["images"] == 240
-    names = set(store.known_files())
+    assert catalogue.counts().images == 240
+    names = set(catalogue.known_files())
     assert names == {str(p.relative_to(images)) for p in images.rglob("*.jpg")}
     assert {f"p/{name}" for name in names} <= objects()
     for name, sha in conn.execute("SELECT filename, sha256 FROM image_embeddings LIMIT 5").fetchall():
@@ -294,16 +293,16 @@ def test_thumbnail_matches_exif_transpose_for_every_orientation(orientation):
     assert np.abs(thumb - expected).mean() < 8  # JPEG noise only: the red block is in place
 
 
-def test_rows_from_before_thumbnails_get_one_and_keep_their_embedding(store, tmp_path):
+def test_rows_from_before_thumbnails_get_one_and_keep_their_embedding(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "old.jpg")
-    sync(store, images)
+    sync(catalogue, images)
     # As a row written by an older release looks: no thumbnail, but an embedding.
-    store.conn.execute("UPDATE image_embeddings SET thumbnail_key = NULL, embedding = %s",
+    catalogue.conn.execute("UPDATE image_embeddings SET thumbnail_key = NULL, embedding = %s",
                        (np.ones(768, np.float32),))
     shutil.rmtree(tmp_path / "thumbs")
-    report = sync(store, images)
+    report = sync(catalogue, images)
     assert report.thumbnails == 1 and report.unchanged == 1 and report.changed == 0
-    thumb = rows(store)["old.jpg"][3]
+    thumb = rows(catalogue)["old.jpg"][3]
     assert thumb and (tmp_path / "thumbs" / thumb).is_file()
-    assert store.counts()["embedded"] == 1
+    assert catalogue.counts().embedded == 1

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from loader.cli import main as loader_cli
 from shared.clip.embedder import MlxClipEmbedder
-from shared.database import connect
+from shared.store import connect
 from shared.settings import Settings
 
 from conftest import WILD
@@ -49,8 +49,8 @@ def test_backfill_records_the_mlx_model(library):
 def test_mlx_local_search_ranks_by_clip_similarity(library, tiny_clip):
     from mlx_local import create_app
 
-    app = create_app(settings=library, test_config={"TESTING": True})
-    embedder = app.extensions["image_browser"].embedder
+    app = create_app(settings=library)
+    embedder = app.extensions["image_browser"].search.embedder
     assert embedder._loaded is not None, "the model is loaded before the first request"
     assert not embedder.supports_images  # a search process loads the text tower only
 
@@ -75,7 +75,7 @@ def test_mlx_local_search_ranks_by_clip_similarity(library, tiny_clip):
 def test_mlx_local_pages_render_with_search_on(library):
     from mlx_local import create_app
 
-    client = create_app(settings=library, test_config={"TESTING": True}).test_client()
+    client = create_app(settings=library).test_client()
     page = client.get("/", query_string={"q": "coffee"})
     assert page.status_code == 200
     assert b"coffee" in page.data and b"search is off" not in page.data.lower()

@@ -31,8 +31,7 @@ def embedder(tiny_clip):
     made = MlxClipEmbedder(
         model="tiny/clip", model_path=tiny_clip[0], expected_dim=24, batch_size=2
     )
-    yield made
-    made.close()
+    return made
 
 
 def test_protocol_and_identity(embedder):
@@ -101,11 +100,13 @@ def test_wrong_expected_dimension(tiny_clip):
         MlxClipEmbedder(model_path=tiny_clip[0], expected_dim=768).load()
 
 
-def test_from_settings(tiny_clip, tmp_path):
+def test_the_factory_builds_it_from_settings(tiny_clip, tmp_path):
+    from shared.embedders.factory import make_embedder
+
     settings = Settings(
         images_dir=tmp_path, data_dir=tmp_path, clip_model_path=tiny_clip[0], expected_vector_dim=24
     )
-    made = MlxClipEmbedder.from_settings(settings, text_only=True)
+    made = make_embedder(settings, backend="mlx", text_only=True)
     assert made.model_id == "mlx:openai/clip-vit-large-patch14"
     assert made.model_path == tiny_clip[0] and made.text_only and made.expected_dim == 24
     assert made.embed_texts(["x"]).shape == (1, 24)

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.database import DatabaseError, connect, describe
+from shared.database import describe
+from shared.store import DatabaseError, connect
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = """
 import sys, time
-from shared.database import connect, start_embedded
+from shared.database import start_embedded
+from shared.store import connect
 url = start_embedded(__import__("pathlib").Path(sys.argv[1]))
 with connect(url) as conn:
     conn.execute("CREATE TABLE IF NOT EXISTS visits (who text)")

@@ -1,15 +1,15 @@
-"""`make_text_embedder`: which backend a setting picks, and the reason given when there is none."""
+"""`make_embedder`: which backend a setting picks, and the reason given when there is none."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-import types
 
 import pytest
 from click.testing import CliRunner
 
-from shared.embedders.factory import make_text_embedder
+from shared.embedders.base import Embedder
+from shared.embedders.factory import NoEmbedder, make_embedder
 from shared.settings import Settings
 
 
@@ -18,79 +18,81 @@ def base(tmp_path) -> Settings:
     return Settings(images_dir=tmp_path / "images", data_dir=tmp_path / "data")
 
 
-def fake_backend(monkeypatch, module: str, cls: str, result=None, error: Exception | None = None) -> list:
-    """Put a stand-in backend module in place; returns the settings it was built from."""
-    calls = []
-
-    def from_settings(settings, **kwargs):
-        calls.append((settings, kwargs))
-        if error:
-            raise error
-        return result
-
-    fake = types.ModuleType(module)
-    setattr(fake, cls, type(cls, (), {"from_settings": staticmethod(from_settings)}))
-    monkeypatch.setitem(sys.modules, module, fake)
-    return calls
-
-
 def no_mlx(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "shared.clip.embedder", None)  # import raises ImportError
 
 
-def test_none_turns_search_off(base):
-    embedder, reason = make_text_embedder(dataclasses.replace(base, embedder="none"))
-    assert embedder is None and "EMBEDDER=none" in reason
+def reason(settings: Settings, **kwargs) -> str:
+    with pytest.raises(NoEmbedder) as err:
+        make_embedder(settings, **kwargs)
+    return str(err.value)
+
+
+def test_none_turns_embedding_off(base):
+    assert "EMBEDDER=none" in reason(dataclasses.replace(base, embedder="none"))
 
 
 def test_replicate_without_token_says_so(base):
-    embedder, reason = make_text_embedder(dataclasses.replace(base, embedder="replicate"))
-    assert embedder is None and "REPLICATE_API_TOKEN" in reason
+    assert "REPLICATE_API_TOKEN is not set" in reason(dataclasses.replace(base, embedder="replicate"))
 
 
-def test_auto_without_token_or_mlx_explains_how(base, monkeypatch):
+def test_auto_without_token_or_mlx_explains_both(base, monkeypatch):
     no_mlx(monkeypatch)
-    embedder, reason = make_text_embedder(base)
-    assert embedder is None
-    assert "REPLICATE_API_TOKEN" in reason and "MLX" in reason
+    text = reason(base)
+    assert "REPLICATE_API_TOKEN" in text and "MLX" in text
 
 
-def test_auto_prefers_replicate_when_a_token_is_set(base, monkeypatch):
-    sentinel = object()
-    calls = fake_backend(monkeypatch, "shared.embedders.replicate", "ReplicateEmbedder", sentinel)
-    fake_backend(monkeypatch, "shared.clip.embedder", "MlxClipEmbedder", object())
-    settings = dataclasses.replace(base, replicate_api_token="r8_token")
-    embedder, _ = make_text_embedder(settings)
-    assert embedder is sentinel and calls[0][0] is settings
+def test_auto_prefers_replicate_when_a_token_is_set(base):
+    from shared.embedders.replicate import ReplicateEmbedder
+
+    embedder = make_embedder(dataclasses.replace(base, replicate_api_token="r8_token"))
+    assert isinstance(embedder, ReplicateEmbedder) and isinstance(embedder, Embedder)
+    assert embedder.dimensions == 768 and embedder.concurrency == 8 and embedder.batch_size == 1
 
 
-def test_auto_falls_back_to_local_mlx_weights_text_only(base, tiny_clip):
+def test_a_backend_argument_wins_over_the_setting(base, tiny_clip):
+    settings = dataclasses.replace(base, embedder="none", clip_model_path=tiny_clip[0],
+                                   expected_vector_dim=24)
+    embedder = make_embedder(settings, backend="mlx", text_only=True)
+    assert embedder.model_id.startswith("mlx:") and not embedder.supports_images
+
+
+def test_auto_falls_back_to_local_mlx_weights(base, tiny_clip):
     settings = dataclasses.replace(base, clip_model_path=tiny_clip[0], expected_vector_dim=24)
-    embedder, reason = make_text_embedder(settings)
-    assert reason == "MLX CLIP" and not embedder.supports_images
-    assert embedder.embed_texts(["a red bicycle"]).shape == (1, 24)
+    embedder = make_embedder(settings, text_only=True)
+    assert not embedder.supports_images and embedder.dimensions == 24
+    vectors = embedder.embed_texts(["a red bicycle"])
+    assert vectors.shape == (1, 24)
+    assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-5  # unit length from the backend itself
 
 
 def test_auto_never_downloads_weights(base, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    embedder, reason = make_text_embedder(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"))
-    assert embedder is None
-    assert "not downloaded automatically" in reason and "CLIP_MODEL_PATH" in reason
+    text = reason(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"))
+    assert "not downloaded automatically" in text and "CLIP_MODEL_PATH" in text
 
 
 def test_mlx_without_weights_gives_the_backends_reason(base, tmp_path):
     missing = tmp_path / "models" / "clip"
-    embedder, reason = make_text_embedder(dataclasses.replace(base, embedder="mlx", clip_model_path=missing))
-    assert embedder is None and str(missing) in reason
+    assert str(missing) in reason(dataclasses.replace(base, embedder="mlx", clip_model_path=missing))
 
 
-def test_replicate_setup_error_never_repeats_the_token(base, monkeypatch):
-    fake_backend(monkeypatch, "shared.embedders.replicate", "ReplicateEmbedder",
-                 error=ValueError("bad model name"))
-    embedder, reason = make_text_embedder(
-        dataclasses.replace(base, embedder="replicate", replicate_api_token="r8_secret"))
-    assert embedder is None and "bad model name" in reason and "r8_secret" not in reason
+def test_replicate_setup_error_never_repeats_the_token(base):
+    settings = dataclasses.replace(base, embedder="replicate", replicate_api_token="r8_secret",
+                                   replicate_model="not a model name")
+    text = reason(settings)
+    assert "REPLICATE_MODEL" in text and "r8_secret" not in text
+
+
+def test_loader_embed_follows_the_embedder_setting(tmp_path, db_url):
+    from loader.cli import main
+
+    (tmp_path / "images").mkdir()
+    env = {"SUPABASE_DB_URL": db_url, "IMAGES_DIR": str(tmp_path / "images"),
+           "DATA_DIR": str(tmp_path / "data"), "EMBEDDER": "none", "REPLICATE_API_TOKEN": "r8_x"}
+    result = CliRunner().invoke(main, ["embed"], env=env)
+    assert result.exit_code == 1 and "EMBEDDER=none" in result.output
 
 
 def test_browse_command_help_names_its_options():

@@ -142,10 +142,12 @@ def test_unsupported_model_is_refused():
         ReplicateEmbedder(TOKEN, model="no-slash")
 
 
-def test_from_settings(tmp_path, server):
+def test_the_factory_builds_it_from_settings(tmp_path, server):
+    from shared.embedders.factory import make_embedder
+
     settings = Settings(images_dir=tmp_path, data_dir=tmp_path, replicate_api_token=TOKEN,
                         replicate_base_url=server.url, replicate_model=FEATURES, expected_vector_dim=768)
-    e = ReplicateEmbedder.from_settings(settings)
+    e = make_embedder(settings, backend="replicate")
     assert e.model_id == FEATURES and e.dimensions == 768 and e.batch_size == 32
     assert TOKEN not in repr(e)
 

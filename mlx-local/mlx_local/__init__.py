@@ -1,43 +1,38 @@
-"""mlx-local: the browse pages, with query text embedded by CLIP in MLX on this machine."""
+"""mlx-local: the browse pages, with query text embedded by CLIP in MLX on this machine.
+
+It is configuration only: mlx-local/.env read into the same settings (its database
+variable is DB_URL), and the browse app given MLX CLIP's text tower.
+"""
 
 from __future__ import annotations
 
-import logging
+import os
 from pathlib import Path
-from typing import Any, Mapping
 
+from dotenv import load_dotenv
 from flask import Flask
 
 from browse import create_app as create_browse_app
 from shared.embedders.base import Embedder
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 
 APP_DIR = Path(__file__).resolve().parent.parent  # mlx-local/, where its .env lives
-log = logging.getLogger(__name__)
+DATABASE_SETTING = "DB_URL"
 
 _LOAD_CLIP = object()
 
 
-def create_app(
-    settings: Settings | None = None,
-    embedder: Embedder | None | object = _LOAD_CLIP,
-    test_config: Mapping[str, Any] | None = None,
-) -> Flask:
-    """The browse app with a local MLX CLIP text embedder, loaded before the first request.
+def load_settings() -> Settings:
+    """mlx-local/.env (the environment wins), with the database URL taken from DB_URL."""
+    load_dotenv(APP_DIR / ".env", override=False)
+    return Settings.from_env(os.environ, database_setting=DATABASE_SETTING)
 
-    Settings come from mlx-local/.env (database as DB_URL) plus the environment.
-    """
-    if settings is None:
-        settings = load_settings(APP_DIR, db_url_var="DB_URL")
+
+def create_app(settings: Settings | None = None, embedder: Embedder | object = _LOAD_CLIP) -> Flask:
+    """The browse app with CLIP's text tower in MLX, loaded before the first request."""
+    from shared.embedders.factory import make_embedder
+
+    settings = settings or load_settings()
     if embedder is _LOAD_CLIP:
-        embedder = load_text_embedder(settings)
-    return create_browse_app(settings=settings, embedder=embedder, test_config=test_config)
-
-
-def load_text_embedder(settings: Settings) -> Embedder:
-    """CLIP's text tower only, loaded now so that the first query does not pay for it."""
-    from shared.clip.embedder import MlxClipEmbedder
-
-    embedder = MlxClipEmbedder.from_settings(settings, text_only=True)
-    embedder.load()
-    return embedder
+        embedder = make_embedder(settings, backend="mlx", text_only=True)
+    return create_browse_app(settings, embedder)

@@ -19,12 +19,12 @@ from shared.clip.tokenizer import ClipTokenizer
 from shared.clip.weights import resolve_checkpoint
 from shared.embedders.base import (
     DimensionMismatch,
+    Embedder,
     EmbeddingError,
     ImageSource,
     PartialFailure,
-    normalise,
 )
-from shared.settings import DEFAULT_CLIP_MODEL, Settings
+from shared.settings import DEFAULT_CLIP_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,13 @@ class _Loaded:
     preprocess: PreprocessConfig
 
 
-class MlxClipEmbedder:
-    """CLIP in MLX behind the Embedder protocol; loads its weights once, on first use."""
+class MlxClipEmbedder(Embedder):
+    """CLIP in MLX behind the Embedder protocol; loads its weights once, on first use.
 
-    supports_texts = True
+    The model returns unit vectors; their width is checked once, against the checkpoint's
+    projection size, when the weights load.
+    """
+
     # Batches a backfill should keep in flight: one decoding while the other runs the model.
     concurrency = 2
 
@@ -79,22 +82,6 @@ class MlxClipEmbedder:
         self._run_lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._pool: ThreadPoolExecutor | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, text_only: bool = False, download: bool = True
-    ) -> MlxClipEmbedder:
-        """Build from the process's settings (CLIP_MODEL, CLIP_MODEL_PATH, EXPECTED_VECTOR_DIM).
-
-        With `download=False` only a local folder or the Hugging Face cache is used.
-        """
-        return cls(
-            model=settings.clip_model,
-            model_path=settings.clip_model_path,
-            text_only=text_only,
-            expected_dim=settings.expected_vector_dim,
-            download=download,
-        )
 
     @property
     def dimensions(self) -> int:
@@ -132,7 +119,7 @@ class MlxClipEmbedder:
             token_ids = loaded.tokenizer.encode(texts[start : start + 64])
             with self._run_lock:
                 chunks.append(loaded.model.encode_text(token_ids))
-        return self._checked(np.concatenate(chunks))
+        return np.concatenate(chunks)
 
     def embed_images(self, images: list[ImageSource]) -> np.ndarray:
         """Return an (n, dimensions) float32 array, one unit vector per image.
@@ -168,12 +155,6 @@ class MlxClipEmbedder:
         if pending is not None:
             yield self._run_images(pending, loaded)
 
-    def close(self) -> None:
-        """Stop the decode threads (the model stays loaded)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
     def _decoder(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
@@ -201,9 +182,4 @@ class MlxClipEmbedder:
         positions = sorted(good)
         with self._run_lock:
             vectors = loaded.model.encode_images(np.stack([good[i] for i in positions]))
-        checked = self._checked(vectors)
-        return dict(zip(positions, checked)), errors, len(futures)
-
-    def _checked(self, vectors: np.ndarray) -> np.ndarray:
-        expected = self.expected_dim or self.load().model.config.projection_dim
-        return normalise(vectors, expected, self.model_id)
+        return dict(zip(positions, vectors)), errors, len(futures)

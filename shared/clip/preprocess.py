@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from shared.imagefile import register_decoders
+from shared.imagefile import register_decoders, to_rgb
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,15 +57,6 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return ImageOps.exif_transpose(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (as transformers does)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def resized_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:

@@ -1,68 +1,106 @@
-"""Pick the text embedder a process should use, from settings, and say why when there is none."""
+"""The one place that builds an embedder: which backend the settings ask for, and why none can run.
+
+`loader embed`, the web app and mlx-local all call `make_embedder`. Adding a backend means one
+builder function here and one entry in BACKENDS. Backends are imported lazily, so a process
+without one of them installed still starts.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import Callable
 
 from ..settings import Settings
-from .base import Embedder
-
-log = logging.getLogger(__name__)
-
-HOW_TO_ENABLE = (
-    "set REPLICATE_API_TOKEN (Replicate's CLIP), or install the `mlx` extra and point "
-    "CLIP_MODEL_PATH at local CLIP weights, then restart"
-)
+from .base import Embedder, EmbeddingError
 
 
-def make_text_embedder(settings: Settings) -> tuple[Embedder | None, str]:
-    """The embedder `settings.embedder` asks for, or None and a plain reason for a person to read.
+class NoEmbedder(EmbeddingError):
+    """No embedder can be built with these settings; the message says why, for a person."""
 
-    'auto' tries Replicate (when a token is set), then MLX CLIP (when installed and its weights
-    are on this machine); 'none' turns search off. Backends are imported lazily so that a
-    process without them still starts.
+
+def make_embedder(
+    settings: Settings,
+    *,
+    backend: str | None = None,
+    text_only: bool = False,
+    download: bool | None = None,
+) -> Embedder:
+    """The embedder `backend` (default: the EMBEDDER setting) names, ready to use.
+
+    'auto' is Replicate when REPLICATE_API_TOKEN is set, else CLIP in MLX; 'none' turns
+    embedding off. `text_only` loads only a local model's text tower. `download` says whether
+    missing weights may be fetched (default: see `may_download`). Raises NoEmbedder.
     """
-    choice = settings.embedder
-    if choice == "none":
-        return None, "search is turned off (EMBEDDER=none)"
-    if choice == "replicate":
-        return _replicate(settings)
-    if choice == "mlx":
-        return _mlx(settings, download=True)
-    if settings.replicate_api_token:
-        return _replicate(settings)
-    embedder, reason = _mlx(settings, download=False)
-    if embedder is not None:
-        return embedder, reason
-    return None, f"no REPLICATE_API_TOKEN is set, and {reason}"
+    choice = backend or settings.embedder
+    if choice not in BACKENDS:
+        raise NoEmbedder(f"unknown embedder {choice!r}: use one of {', '.join(BACKENDS)}")
+    allowed = may_download(choice) if download is None else download
+    return BACKENDS[choice](settings, text_only, allowed)
 
 
-def _replicate(settings: Settings) -> tuple[Embedder | None, str]:
+def may_download(backend: str) -> bool:
+    """Whether a backend may fetch missing model weights when the caller did not say.
+
+    Only an explicit choice of MLX downloads on its own: 'auto' never starts a 1.7 GB
+    download unasked.
+    """
+    return backend == "mlx"
+
+
+def _none(settings: Settings, text_only: bool, download: bool) -> Embedder:
+    raise NoEmbedder("embedding and search are turned off (EMBEDDER=none)")
+
+
+def _replicate(settings: Settings, text_only: bool, download: bool) -> Embedder:
     if not settings.replicate_api_token:
-        return None, "EMBEDDER=replicate but REPLICATE_API_TOKEN is not set"
+        raise NoEmbedder("REPLICATE_API_TOKEN is not set (create a token at replicate.com)")
     try:
         from .replicate import ReplicateEmbedder
     except ImportError as exc:
-        return None, f"the Replicate embedder is not available in this installation ({exc.name})"
+        raise NoEmbedder(f"the Replicate client is not installed ({exc.name})") from None
     try:
-        return ReplicateEmbedder.from_settings(settings), "Replicate"
-    except Exception as exc:  # a backend's own configuration error; say it, never the token
-        log.warning("Replicate embedder unavailable: %s", type(exc).__name__)
-        return None, f"the Replicate embedder could not be set up: {exc}"
+        return ReplicateEmbedder(
+            settings.replicate_api_token,
+            model=settings.replicate_model,
+            dimensions=settings.expected_vector_dim,
+            base_url=settings.replicate_base_url,
+            max_per_minute=settings.replicate_max_per_minute,
+        )
+    except EmbeddingError as exc:
+        raise NoEmbedder(f"the Replicate embedder cannot be set up: {exc}") from None
 
 
-def _mlx(settings: Settings, download: bool) -> tuple[Embedder | None, str]:
-    """CLIP's text tower in MLX, loaded now so errors show at start-up, not at the first query.
-
-    'auto' never downloads (a 1.7 GB surprise); EMBEDDER=mlx may.
-    """
+def _mlx(settings: Settings, text_only: bool, download: bool) -> Embedder:
+    """CLIP in MLX, loaded now so that a missing checkpoint is said at start, not at first use."""
     try:
         from ..clip.embedder import MlxClipEmbedder
     except ImportError:
-        return None, "MLX CLIP is not installed (pip install 'image-browser[mlx]')"
+        raise NoEmbedder("MLX is not installed (pip install 'image-browser[mlx]')") from None
+    embedder = MlxClipEmbedder(
+        model=settings.clip_model,
+        model_path=settings.clip_model_path,
+        text_only=text_only,
+        expected_dim=settings.expected_vector_dim,
+        download=download,
+    )
     try:
-        embedder = MlxClipEmbedder.from_settings(settings, text_only=True, download=download)
         embedder.load()
-        return embedder, "MLX CLIP"
-    except Exception as exc:  # missing weights and the like: the backend's message says which
-        return None, str(exc)
+    except EmbeddingError as exc:
+        raise NoEmbedder(str(exc)) from None
+    return embedder
+
+
+def _auto(settings: Settings, text_only: bool, download: bool) -> Embedder:
+    if settings.replicate_api_token:
+        return _replicate(settings, text_only, download)
+    try:
+        return _mlx(settings, text_only, download)
+    except NoEmbedder as exc:
+        raise NoEmbedder(f"REPLICATE_API_TOKEN is not set, and {exc}") from None
+
+
+BACKENDS: dict[str, Callable[[Settings, bool, bool], Embedder]] = {
+    "auto": _auto,
+    "replicate": _replicate,
+    "mlx": _mlx,
+    "none": _none,
+}

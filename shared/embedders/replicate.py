@@ -15,33 +15,32 @@ import numpy as np
 import replicate
 from replicate.exceptions import ReplicateError
 
-from shared.settings import DEFAULT_REPLICATE_MODEL, Settings
+from shared.settings import DEFAULT_REPLICATE_MODEL
 
 from .base import (
-    DimensionMismatch,
+    FATAL,
+    Embedder,
     EmbedderUnavailable,
     EmbeddingError,
     ImageSource,
     PartialFailure,
-    normalise,
+    unit_vectors,
 )
 from .replicate_models import ModelRef, Request, Schema, schema_for
 from .retry import Backoff, RateLimiter, Retrier, Retryable
 
 TERMINAL = ("succeeded", "failed", "canceled")
-FATAL = (DimensionMismatch, EmbedderUnavailable)
 THROTTLE_HINT = re.compile(r"(?:in|after)\s*~?\s*(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
 
 
-class ReplicateEmbedder:
+class ReplicateEmbedder(Embedder):
     """Embeds texts and images with a CLIP model on Replicate, paced and retried.
 
     Images go as their public URL when they have one, otherwise their bytes are uploaded
-    first. Every vector is checked against `dimensions` and scaled to unit length.
+    first. Every vector is checked against `dimensions` and scaled to unit length, once, here.
     """
 
-    supports_texts = True
-    supports_images = True
+    concurrency = 8  # predictions in flight: a hosted model answers many at once
 
     def __init__(
         self,
@@ -78,18 +77,6 @@ class ReplicateEmbedder:
         )
         if poll_interval is not None:
             self.client.poll_interval = poll_interval
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "ReplicateEmbedder":
-        """Build from the app's settings; keyword arguments override (tests, benchmarks)."""
-        values: dict[str, Any] = dict(
-            model=settings.replicate_model,
-            dimensions=settings.expected_vector_dim,
-            base_url=settings.replicate_base_url,
-            max_per_minute=settings.replicate_max_per_minute,
-        )
-        values.update(overrides)
-        return cls(settings.replicate_api_token, **values)
 
     def __repr__(self) -> str:
         return f"ReplicateEmbedder({self.model_id!r}, dimensions={self.dimensions})"
@@ -155,7 +142,7 @@ class ReplicateEmbedder:
         results: dict[str, np.ndarray | EmbeddingError] = {}
         for key in request.values:
             if key in found:
-                results[key] = normalise(found[key], self.dimensions, self.model_id)[0]
+                results[key] = unit_vectors(found[key], self.dimensions, self.model_id)[0]
             else:
                 results[key] = EmbeddingError("the model returned no embedding for this item")
         return results

@@ -1,4 +1,7 @@
-"""`mise run setup-supabase-env`: write DB_URL into mlx-local/.env without showing the password."""
+"""`mise run setup-supabase-env`: write DB_URL into mlx-local/.env without showing the password.
+
+Run from the repository root: `.venv/bin/python scripts/supabase_env.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+
+from shared.redact import mask_url
 
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?DB_URL\s*=")
 
@@ -42,17 +46,6 @@ def from_loader_env(loader_env: Path) -> str | None:
     return dotenv_values(loader_env).get("SUPABASE_DB_URL") or None
 
 
-def masked(url: str) -> str:
-    """The URL with its password replaced by asterisks, for printing."""
-    parts = urlsplit(url)
-    if parts.scheme and "@" in parts.netloc:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        user, has_password, _password = userinfo.partition(":")
-        if has_password:
-            parts = parts._replace(netloc=f"{user}:****@{host}")
-    return re.sub(r"(password\s*=\s*)[^&\s]+", r"\1****", urlunsplit(parts))
-
-
 def write_db_url(env_file: Path, url: str) -> None:
     """Set DB_URL in `env_file`, keeping every other line as it was."""
     lines = env_file.read_text().splitlines() if env_file.exists() else []
@@ -78,12 +71,12 @@ def setup(repo: Path, run=subprocess.run) -> tuple[str, str]:
             "(`supabase status -o env`), and loader/.env has no SUPABASE_DB_URL"
         )
     write_db_url(repo / "mlx-local" / ".env", url)
-    return masked(url), source
+    return mask_url(url), source
 
 
 def main() -> None:
     """Entry point for the mise task."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     try:
         shown, source = setup(repo)
     except SetupError as exc:

@@ -3,9 +3,18 @@ import subprocess
 
 from dotenv import dotenv_values
 
-from mlx_local.supabase_env import SetupError, masked, setup
+import importlib.util
+from pathlib import Path
+
+from shared.redact import mask_url as masked
 
 import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "supabase_env", Path(__file__).resolve().parent.parent / "scripts" / "supabase_env.py")
+supabase_env = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(supabase_env)
+SetupError, setup = supabase_env.SetupError, supabase_env.setup
 
 SECRET = "s3cr#t:pa@ss"
 URL = f"postgresql://postgres.abc:{SECRET.replace('#', '%23').replace(':', '%3A').replace('@', '%40')}@db.example.com:5432/postgres"

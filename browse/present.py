@@ -1,0 +1,174 @@
+"""The HTTP side of the library: parameters and cursors in, pages of images and JSON out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from flask import abort, url_for
+
+from shared.search import Hit, ImageNotFound
+from shared.store import ImageRow
+
+from .state import get_browse
+
+# Formats every current browser shows; others (HEIC, TIFF, ...) are shown by their thumbnail.
+BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# One image in a grid: its row, and its similarity when it was found by a search.
+Shown = tuple[ImageRow, float | None]
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of the library and the cursor of the next one (None at the end)."""
+
+    shown: list[Shown]
+    next_cursor: str | None
+
+
+def bounded_int(raw: str | None, name: str, default: int, maximum: int) -> int:
+    """A query parameter between 1 and `maximum`; a 400 with the reason otherwise."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        abort(400, f"{name} must be a whole number, got {raw[:20]!r}")
+    if not 1 <= value <= maximum:
+        abort(400, f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def shown(hits: list[Hit]) -> list[Shown]:
+    """Search hits as grid items."""
+    return [(hit.row, hit.similarity) for hit in hits]
+
+
+# --- reads ---------------------------------------------------------------------------
+
+
+def library_page(limit: int, cursor: str | None) -> Page:
+    """`limit` images, newest first, after the cursor."""
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        abort(400, str(exc))
+    rows = get_browse().catalogue().list_images(limit + 1, before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page([(r, None) for r in rows], encode_cursor(rows[-1]) if more and rows else None)
+
+
+def get_image(image_id: int) -> ImageRow:
+    """One image, or 404."""
+    row = get_browse().catalogue().get_image(image_id)
+    if row is None:
+        abort(404, f"there is no image with id {image_id}")
+    return row
+
+
+def search_text(query: str, k: int) -> list[Hit]:
+    """The k images nearest a description (SearchError when it cannot be answered)."""
+    browse = get_browse()
+    return browse.search.by_vector(browse.query_vector(browse.search.embed_text, query), k)
+
+
+def search_upload(data: bytes, k: int) -> list[Hit]:
+    """The k images nearest an uploaded image (BadUpload when it is not a usable image)."""
+    browse = get_browse()
+    return browse.search.by_vector(browse.query_vector(browse.search.embed_image, data), k)
+
+
+def similar_to(image_id: int, k: int) -> tuple[ImageRow, list[Hit] | None]:
+    """An image and its nearest neighbours by stored embedding (None when it has no embedding)."""
+    try:
+        hits = get_browse().search.similar_to(image_id, k)
+    except ImageNotFound as exc:
+        abort(404, str(exc))
+    return get_image(image_id), hits
+
+
+def neighbours_in_order(image_id: int) -> tuple[int | None, int | None]:
+    """The newer and older image ids, for keyboard navigation."""
+    return get_browse().catalogue().neighbours_in_order(image_id)
+
+
+# --- cursors -------------------------------------------------------------------------
+
+
+def encode_cursor(row: ImageRow) -> str:
+    """An opaque-looking, exact keyset cursor: microseconds since the epoch and the id."""
+    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{row.id}"
+
+
+def decode_cursor(value: str) -> tuple[datetime, int]:
+    """The (created_at, id) a cursor names; ValueError when it is not one of ours."""
+    micros, _, image_id = value.partition(".")
+    if not (micros.lstrip("-").isdigit() and image_id.isdigit()) or len(value) > 40:
+        raise ValueError(f"not a page cursor: {value[:40]!r}")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(image_id)
+
+
+# --- how an image is addressed and described -------------------------------------------
+
+
+def thumbnail_src(row: ImageRow) -> str | None:
+    """Where the grid loads this image's thumbnail from (never the original)."""
+    if not row.thumbnail_key:
+        return None
+    return get_browse().storage.thumbnail_url(row.thumbnail_key) or url_for(
+        "browse.thumbnail", key=row.thumbnail_key)
+
+
+def original_src(row: ImageRow) -> str:
+    """Where the full image is."""
+    return get_browse().storage.original_url(row.filename) or url_for(
+        "browse.original", key=row.filename)
+
+
+def display_src(row: ImageRow) -> str | None:
+    """What the image page shows: the original when browsers can show it, else the thumbnail."""
+    if (row.format or "").upper() in BROWSER_FORMATS:
+        return original_src(row)
+    return thumbnail_src(row)
+
+
+def image_json(row: ImageRow, similarity: float | None = None) -> dict:
+    """An image as the JSON API describes it."""
+    out = {
+        "id": row.id,
+        "filename": row.filename,
+        "width": row.width,
+        "height": row.height,
+        "byte_size": row.byte_size,
+        "format": row.format,
+        "sha256": row.sha256,
+        "modified_at": modified_at(row),
+        "created_at": row.created_at.isoformat(),
+        "embedded": row.embedded,
+        "embedding_model": row.embedding_model,
+        "thumbnail_url": _absolute(thumbnail_src(row)),
+        "original_url": _absolute(original_src(row)),
+        "page_url": url_for("browse.image_page", image_id=row.id, _external=True),
+    }
+    if similarity is not None:
+        out["similarity"] = round(similarity, 6)
+    return out
+
+
+def modified_at(row: ImageRow) -> str | None:
+    """The file's modification time as ISO 8601, when known."""
+    if row.mtime_ns is None:
+        return None
+    return datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _absolute(url: str | None) -> str | None:
+    if url is None or url.startswith(("http://", "https://")):
+        return url
+    from flask import request
+
+    return request.host_url.rstrip("/") + url

@@ -1,0 +1,191 @@
+"""Search a library by meaning: by text, by an image, or for images like one already in it.
+
+From a Python shell, without the web app:
+
+    >>> from shared.search import open_search
+    >>> search = open_search()  # settings from the environment; the embedded Postgres by default
+    >>> [(round(h.similarity, 3), h.row.filename) for h in search.by_text("a red bicycle", k=5)]
+
+The web app adds only HTTP around this: time limits, status codes, templates.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import psycopg
+
+from .embedders.base import DimensionMismatch, Embedder, EmbeddingError, ImageSource, width_problem
+from .imagefile import check_upload
+from .settings import Settings
+from .store import Catalogue, ImageRow
+
+Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+
+class SearchUnavailable(Exception):
+    """Search cannot run at all (no embedder, no text support, vector widths differ)."""
+
+
+class ImageNotFound(LookupError):
+    """No image has this id."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One image found, with its cosine similarity to what was searched for."""
+
+    row: ImageRow
+    similarity: float
+
+
+class Search:
+    """Nearest images by meaning over one library's stored embeddings.
+
+    `connections()` lends a database connection for the length of a `with` block (a pool's
+    `connection`, or the web request's own). `embedder` makes query vectors; without one,
+    only `similar_to` and `by_vector` work, and `off_reason` says why.
+    """
+
+    def __init__(
+        self,
+        connections: Connections,
+        embedder: Embedder | None,
+        *,
+        expected_dimensions: int,
+        table_dimensions: int | None = None,
+        ef_search: int = 100,
+        max_upload_pixels: int = 178_956_970,
+        no_embedder_reason: str = "no embedder is configured",
+    ) -> None:
+        self.connections = connections
+        self.embedder = embedder
+        self.expected_dimensions = expected_dimensions
+        self.table_dimensions = table_dimensions
+        self.ef_search = ef_search
+        self.max_upload_pixels = max_upload_pixels
+        self.no_embedder_reason = no_embedder_reason
+        self._mismatch: str | None = None  # a width the embedder showed only when first used
+
+    @classmethod
+    def configured(
+        cls, connections: Connections, embedder: Embedder | None, settings: Settings, *,
+        table_dimensions: int | None, no_embedder_reason: str = "no embedder is configured",
+    ) -> Search:
+        """A Search with the widths, ef_search and upload limit the settings give."""
+        return cls(
+            connections,
+            embedder,
+            expected_dimensions=settings.expected_vector_dim,
+            table_dimensions=table_dimensions,
+            ef_search=settings.web.hnsw_ef_search,
+            max_upload_pixels=settings.max_image_pixels,
+            no_embedder_reason=no_embedder_reason or "no embedder is configured",
+        )
+
+    @property
+    def off_reason(self) -> str | None:
+        """Why searching by text cannot run now, or None when it can."""
+        if self.embedder is None:
+            return self.no_embedder_reason
+        if not self.embedder.supports_texts:
+            return f"the embedder {self.embedder.model_id} cannot embed text"
+        return self.width_warning
+
+    @property
+    def width_warning(self) -> str | None:
+        """Why the embedder's vectors and the library's cannot be compared, or None."""
+        if self.embedder is None:
+            return None
+        return self._mismatch or width_problem(
+            self.embedder, self.expected_dimensions, self.table_dimensions)
+
+    # --- query vectors (slow: a model call) --------------------------------------------
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """A text's unit vector; SearchUnavailable when search is off, EmbeddingError on failure."""
+        embedder = self._ready()
+        return self._embed(lambda: embedder.embed_texts([text]))
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        """An image file's unit vector, after checking it is one (ImageProblem says why not)."""
+        embedder = self._ready()
+        if not embedder.supports_images:
+            raise SearchUnavailable(
+                f"the embedder {embedder.model_id} embeds only text here, so search by image is off")
+        check_upload(data, self.max_upload_pixels)
+        source = ImageSource(key="upload", url=None, read=lambda: data)
+        return self._embed(lambda: embedder.embed_images([source]))
+
+    # --- searches -------------------------------------------------------------------
+
+    def by_text(self, text: str, k: int = 10) -> list[Hit]:
+        """The k images nearest a description."""
+        return self.by_vector(self.embed_text(text), k)
+
+    def by_image(self, data: bytes, k: int = 10) -> list[Hit]:
+        """The k images nearest an image file's content."""
+        return self.by_vector(self.embed_image(data), k)
+
+    def by_vector(self, vector: np.ndarray, k: int = 10, exclude_id: int | None = None) -> list[Hit]:
+        """The k images whose stored embeddings are nearest `vector` (a unit vector)."""
+        with self.connections() as conn:
+            found = Catalogue(conn).nearest(vector, k, ef_search=self.ef_search,
+                                            exclude_id=exclude_id)
+        return [Hit(row, 1.0 - distance) for row, distance in found]
+
+    def similar_to(self, image_id: int, k: int = 10) -> list[Hit] | None:
+        """The k images nearest one in the library (no model call); None while it has no embedding."""
+        with self.connections() as conn:
+            catalogue = Catalogue(conn)
+            if catalogue.get_image(image_id) is None:
+                raise ImageNotFound(f"there is no image with id {image_id}")
+            vector = catalogue.embedding_of(image_id)
+        return None if vector is None else self.by_vector(vector, k, exclude_id=image_id)
+
+    def _ready(self) -> Embedder:
+        reason = self.off_reason
+        if reason:
+            raise SearchUnavailable(reason)
+        return self.embedder
+
+    def _embed(self, work: Callable[[], np.ndarray]) -> np.ndarray:
+        try:
+            return work()[0]
+        except DimensionMismatch as exc:
+            self._mismatch = str(exc)  # search stays off until the settings agree
+            raise SearchUnavailable(str(exc)) from None
+
+
+def open_search(settings: Settings | None = None, embedder: Embedder | None = None) -> Search:
+    """A Search over the configured library; SchemaError when its table is missing or old.
+
+    Without a usable embedder, `similar_to` still works and `off_reason` says why the rest
+    does not.
+    """
+    from .database import database_url
+    from .embedders.factory import NoEmbedder, make_embedder
+    from .store import Schema, SchemaError, open_pool
+
+    settings = settings or Settings.from_env(os.environ)
+    reason = ""
+    if embedder is None:
+        try:
+            embedder = make_embedder(settings)
+        except NoEmbedder as exc:
+            reason = str(exc)
+    pool = open_pool(database_url(settings), size=2)
+    with pool.connection() as conn:
+        state = Schema(conn).check()
+    if state.problem:
+        pool.close()
+        raise SchemaError(state.problem)
+    return Search.configured(pool.connection, embedder, settings,
+                             table_dimensions=state.dimensions, no_embedder_reason=reason)
+
+
+__all__ = ["EmbeddingError", "Hit", "ImageNotFound", "Search", "SearchUnavailable", "open_search"]

@@ -1,0 +1,57 @@
+"""Connections to Postgres: one at a time for commands, a pool for the web app.
+
+pgvector's types are registered on a connection only once the extension exists (a fresh
+database gets it from `Schema.ensure`, which registers its own connection afterwards).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+from ..redact import mask_url, scrub, url_password
+
+CONNECT_TIMEOUT_S = 10
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or used; the message says which and why, without secrets."""
+
+
+def connect(url: str, setting: str = "the database URL") -> psycopg.Connection:
+    """Open one autocommit connection; a failure is a DatabaseError naming `setting`."""
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.Error as exc:
+        raise DatabaseError(connection_problem(url, setting, exc)) from None
+    register_types(conn)
+    return conn
+
+
+def open_pool(url: str, size: int, *, timeout_s: float = 10.0) -> ConnectionPool:
+    """A pool of autocommit connections that know pgvector's types."""
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        configure=register_types,
+        timeout=timeout_s,
+        open=True,
+    )
+
+
+def register_types(conn: psycopg.Connection) -> bool:
+    """Teach the connection pgvector's types when the extension exists; say whether it did."""
+    installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if installed:
+        register_vector(conn)
+    return bool(installed)
+
+
+def connection_problem(url: str, setting: str, exc: BaseException) -> str:
+    """One line saying why the database at `url` could not be used, with no password in it."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    detail = scrub(detail.replace(url, mask_url(url)), url_password(url))
+    return f"could not connect to the database ({setting} = {mask_url(url)}): {detail}"

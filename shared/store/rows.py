@@ -1,0 +1,81 @@
+"""The shapes rows take on their way in and out of the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image as the pages, the API and search show it."""
+
+    id: int
+    filename: str
+    width: int | None
+    height: int | None
+    byte_size: int | None
+    sha256: str | None
+    format: str | None
+    mtime_ns: int | None
+    thumbnail_key: str | None
+    created_at: datetime
+    embedded: bool
+    embedding_model: str | None
+
+
+# The SELECT list that fills an ImageRow, in its field order.
+IMAGE_COLUMNS = (
+    "id, filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key, "
+    "created_at, embedding IS NOT NULL AS embedded, embedding_model"
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image's row as `loader sync` writes it."""
+
+    filename: str
+    width: int
+    height: int
+    byte_size: int
+    sha256: str
+    format: str
+    mtime_ns: int
+    thumbnail_key: str | None
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the database remembers of a file, to tell whether it changed."""
+
+    filename: str
+    byte_size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    has_thumbnail: bool
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many images there are, and where they stand with embeddings."""
+
+    images: int
+    embedded: int
+    waiting: int
+    failed: int
+
+    def as_dict(self) -> dict[str, int]:
+        """A JSON-ready copy."""
+        return {"images": self.images, "embedded": self.embedded, "waiting": self.waiting,
+                "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row claimed for embedding: `lead` rows are embedded, the others share their vector."""
+
+    id: int
+    filename: str
+    sha256: str | None
+    lead: bool

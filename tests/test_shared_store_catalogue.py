@@ -1,0 +1,56 @@
+"""The catalogue: sync's writes and the reads of pages and search."""
+
+import numpy as np
+
+from shared.store import ImageRecord
+
+
+def record(name: str, sha: str = "a" * 64, **kw) -> ImageRecord:
+    values = dict(width=4, height=3, byte_size=10, sha256=sha, format="PNG", mtime_ns=1, thumbnail_key=None)
+    values.update(kw)
+    return ImageRecord(filename=name, **values)
+
+
+def test_changed_content_drops_the_stale_embedding(catalogue, conn):
+    catalogue.upsert_images([record("a.png", sha="1" * 64)])
+    conn.execute(
+        "UPDATE image_embeddings SET embedding = %s, embedding_model = 'm'", (np.ones(768, np.float32),)
+    )
+    catalogue.upsert_images([record("a.png", sha="1" * 64, mtime_ns=2)])  # same content: kept
+    assert catalogue.counts().embedded == 1
+    catalogue.upsert_images([record("a.png", sha="2" * 64, width=8)])  # new content: dropped
+    assert catalogue.counts().as_dict() == {"images": 1, "embedded": 0, "waiting": 1, "failed": 0}
+    row = catalogue.get_image_by_filename("a.png")
+    assert (row.width, row.embedding_model, row.embedded) == (8, None, False)
+
+
+def test_delete_returns_only_thumbnails_nobody_uses(catalogue):
+    catalogue.upsert_images([
+        record("a.png", sha="1" * 64, thumbnail_key="t1"),
+        record("copy of a.png", sha="1" * 64, thumbnail_key="t1"),
+        record("b.png", sha="2" * 64, thumbnail_key="t2"),
+    ])
+    assert catalogue.delete_images(["a.png", "b.png"]) == ["t2"]
+    assert list(catalogue.known_files()) == ["copy of a.png"]
+
+
+def test_rows_come_back_typed(catalogue):
+    catalogue.upsert_images([record("x.png", thumbnail_key="ab/cd.jpg")])
+    known = catalogue.known_files()["x.png"]
+    assert (known.byte_size, known.mtime_ns, known.has_thumbnail) == (10, 1, True)
+    (row,) = catalogue.list_images(5)
+    assert row.filename == "x.png" and row.embedded is False and row.created_at.tzinfo is not None
+
+
+def test_nearest_orders_by_cosine_and_leaves_out_the_query_image(catalogue, conn):
+    catalogue.upsert_images([record(f"{i}.png", sha=str(i) * 64) for i in range(3)])
+    axes = np.eye(768, dtype=np.float32)
+    for i, vector in enumerate([axes[0], axes[0] + axes[1] * 0.5, axes[1]]):
+        conn.execute("UPDATE image_embeddings SET embedding = %s WHERE filename = %s",
+                     (vector, f"{i}.png"))
+    found = catalogue.nearest(axes[0], 3, ef_search=40)
+    assert [row.filename for row, _ in found] == ["0.png", "1.png", "2.png"]
+    assert abs(found[0][1]) < 1e-6 and abs(found[2][1] - 1.0) < 1e-6
+    first = catalogue.get_image_by_filename("0.png")
+    assert [r.filename for r, _ in catalogue.nearest(axes[0], 2, ef_search=40, exclude_id=first.id)] \
+        == ["1.png", "2.png"]

@@ -1,0 +1,37 @@
+"""The embedding queue: what is to do for a model, leases, and one vector per content."""
+
+import numpy as np
+
+from shared.store import Catalogue, EmbeddingQueue, ImageRecord
+
+
+def seed(conn, names_and_content: dict[str, str]) -> None:
+    Catalogue(conn).upsert_images([
+        ImageRecord(name, 1, 1, 1, content * 64, "PNG", 0, None)
+        for name, content in names_and_content.items()
+    ])
+
+
+def test_a_claim_leads_each_content_once_and_carries_its_copies(conn):
+    seed(conn, {"a.png": "1", "copy-of-a.png": "1", "b.png": "2"})
+    claims = EmbeddingQueue(conn, "m").claim("w1", 10, lease_seconds=60)
+    leads = sorted(c.filename for c in claims if c.lead)
+    assert leads == ["a.png", "b.png"]
+    assert [c.filename for c in claims if not c.lead] == ["copy-of-a.png"]
+    assert EmbeddingQueue(conn, "m").claim("w2", 10, lease_seconds=60) == []  # all leased
+
+
+def test_the_queue_holds_its_model_and_choices(conn):
+    seed(conn, {"a.png": "1", "b.png": "2", "c.png": "3"})
+    conn.execute("UPDATE image_embeddings SET embedding = %s, embedding_model = 'old' WHERE filename = 'a.png'",
+                 (np.ones(768, np.float32),))
+    conn.execute("UPDATE image_embeddings SET last_error = 'boom' WHERE filename = 'b.png'")
+    assert EmbeddingQueue(conn, "new").count_waiting() == 1  # c only
+    assert EmbeddingQueue(conn, "new", reembed=True).count_waiting() == 2  # and a
+    assert EmbeddingQueue(conn, "new", retry_failed=True).count_waiting() == 2  # and b
+    everything = EmbeddingQueue(conn, "new", reembed=True, retry_failed=True)
+    claims = everything.claim("w", 10, lease_seconds=60)
+    saved = everything.save("w", [(c.id, np.eye(768, dtype=np.float32)[0]) for c in claims])
+    assert sorted(saved) == ["a.png", "b.png", "c.png"]
+    models = dict(conn.execute("SELECT filename, embedding_model FROM image_embeddings").fetchall())
+    assert set(models.values()) == {"new"}
