@@ -95,17 +95,20 @@ def git_blob_oid(data: bytes) -> str:
 
 
 def describe(path: str, file: Path) -> RepoFile:
-    """A file as the hub describes it, LFS or not."""
-    data = file.read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
-    lfs = path.endswith(LFS_SUFFIXES) or len(data) >= LFS_MIN_SIZE
-    stored = data
-    if lfs:
-        stored = (
-            "version https://git-lfs.github.com/spec/v1\n"
-            f"oid sha256:{sha256}\nsize {len(data)}\n"
-        ).encode()
-    return RepoFile(path, len(data), git_blob_oid(stored), sha256, lfs, len(stored) if lfs else 0)
+    """A file as the hub describes it, LFS or not (read in pieces: weights can be GBs)."""
+    size = file.stat().st_size
+    sha256, git_sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    with open(file, "rb") as handle:
+        while piece := handle.read(1 << 20):
+            sha256.update(piece)
+            git_sha1.update(piece)
+    if not (path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE):
+        return RepoFile(path, size, git_sha1.hexdigest(), sha256.hexdigest(), False, 0)
+    pointer = (
+        "version https://git-lfs.github.com/spec/v1\n"
+        f"oid sha256:{sha256.hexdigest()}\nsize {size}\n"
+    ).encode()  # what git stores for an LFS file
+    return RepoFile(path, size, git_blob_oid(pointer), sha256.hexdigest(), True, len(pointer))
 
 
 class FakeHub:

@@ -247,7 +247,7 @@ def test_corrupt_partial_file_is_caught_and_dropped(fake_hub, tmp_path):
 
 def test_two_processes_download_the_weights_once(fake_hub, tmp_path):
     hf_home = tmp_path / "hf"
-    fake_hub.rate = 10_000_000
+    fake_hub.rate = 4_000_000  # slow enough that both reach the weights while one fetches them
     first, second = (start_client("download", fake_hub.url, hf_home) for _ in range(2))
     outs = [process.communicate(timeout=60) for process in (first, second)]
 
