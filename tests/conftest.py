@@ -248,3 +248,30 @@ def tiny_clip(tmp_path_factory, clip_tokenizer_dir):
     model = save_random_clip(folder, TINY_TEXT, TINY_VISION, projection_dim=24)
     (folder / "tokenizer.json").write_bytes((clip_tokenizer_dir / "tokenizer.json").read_bytes())
     return folder, model
+
+
+# --- The Hugging Face hub stand-in (tests/fake_hub.py) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def hub_repos(tmp_path_factory, tiny_clip) -> Path:
+    """A folder of hub repos: the tiny CLIP under the default model's name."""
+    from shared.settings import DEFAULT_CLIP_MODEL
+
+    folder, _ = tiny_clip
+    root = tmp_path_factory.mktemp("hub-repos")
+    repo = root / DEFAULT_CLIP_MODEL
+    repo.mkdir(parents=True)
+    for file in folder.iterdir():
+        shutil.copy2(file, repo / file.name)
+    return root
+
+
+@pytest.fixture
+def fake_hub(hub_repos):
+    """The hub stand-in serving `hub_repos` on 127.0.0.1, with fresh counters and switches."""
+    from fake_hub import FakeHub
+
+    hub = FakeHub(hub_repos).start()
+    yield hub
+    hub.stop()
