@@ -200,14 +200,21 @@ def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(conn, set
     server.latency = 0.4
     process = subprocess.Popen(
         [sys.executable, "-m", "loader", "embed", "--jobs", "2", "--lease", "2", "--json"],
-        env=loader_env(settings, server), cwd=settings.data_dir.parent,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**loader_env(settings, server), "PGAPPNAME": "killed-worker"},
+        cwd=settings.data_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while counts(conn)["embedded"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=10)
+    # A statement sent just before the kill still runs (and commits) on the server; the
+    # snapshot below is only stable once the dead worker's backend has gone.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-worker'"
+    ).fetchone()[0]:
+        time.sleep(0.05)
     before = rows(conn)
     done_before = {name: r["embedded_at"] for name, r in before.items() if r["embedding"] is not None}
     held = {name for name, r in before.items() if r["claimed_by"] is not None}
