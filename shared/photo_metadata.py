@@ -25,6 +25,9 @@ DATE_TAGS = (
     (DATE_TIME, 0x9010, 0x9290),  # DateTime, OffsetTime, SubSecTime
 )
 GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
+# What the stored values were read with: raise it when read_metadata learns to read more, and
+# the next `loader sync` reads every file again (without re-uploading or re-embedding it).
+METADATA_VERSION = 1
 MAX_TEXT = 100
 YEARS = range(1800, 2201)
 MAX_OFFSET_MINUTES = 14 * 60
@@ -81,6 +84,12 @@ def read_metadata(image: Image.Image, mtime_ns: int) -> PhotoMetadata:
         latitude=position[0] if position else None,
         longitude=position[1] if position else None,
     )
+
+
+def fallback_metadata(mtime_ns: int) -> PhotoMetadata:
+    """What a file that cannot be opened says: its modification time, nothing else."""
+    taken_at, offset = _mtime_date(mtime_ns)
+    return PhotoMetadata(taken_at=taken_at, taken_offset_minutes=offset, taken_at_is_fallback=True)
 
 
 def _guard(read: Callable[..., _T | None], *args: Any) -> _T | None:

@@ -2,13 +2,15 @@
 
 - `schema`: create, upgrade and check the `image_embeddings` table (versioned).
 - `catalogue`: the images: sync's writes, the pages' and search's reads.
+- `filters`: narrowing reads to a folder, days, a camera, a position (one SQL condition).
 - `queue`: the embedding backfill's leases.
 - `bulk`: loading many rows at once with binary COPY.
 - `connection`: connections and pools that know pgvector's types.
 """
 
 from .bulk import BulkImage, copy_images
-from .catalogue import Catalogue
+from .catalogue import Catalogue, FolderRow, TimelineKey
+from .filters import NO_FILTERS, Filters
 from .connection import DatabaseError, connect, connection_problem, open_pool, register_types
 from .queue import EmbeddingQueue
 from .rows import Claim, Counts, ImageRecord, ImageRow, KnownFile
@@ -16,6 +18,7 @@ from .schema import SCHEMA_VERSION, TABLE, Schema, SchemaError, SchemaReport, Sc
 
 __all__ = [
     "SCHEMA_VERSION", "TABLE", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError", "EmbeddingQueue",
+    "Filters", "FolderRow", "NO_FILTERS", "TimelineKey",
     "ImageRecord", "ImageRow", "KnownFile", "Schema", "SchemaError", "SchemaReport", "SchemaState",
     "connect", "connection_problem", "copy_images", "open_pool", "register_types",
 ]

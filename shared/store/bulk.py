@@ -9,12 +9,15 @@ from typing import Iterable
 import numpy as np
 import psycopg
 
+from ..photo_metadata import METADATA_VERSION
 from .schema import TABLE
 
 _COLUMNS = ("id, filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key, "
-            "embedding, embedding_model, embedded_at, created_at")
+            "embedding, embedding_model, embedded_at, created_at, taken_at, "
+            "taken_at_is_fallback, camera, latitude, longitude, metadata_version")
 _TYPES = ["int8", "text", "int4", "int4", "int8", "text", "text", "int8", "text", "vector",
-          "text", "timestamptz", "timestamptz"]
+          "text", "timestamptz", "timestamptz", "timestamp", "bool", "text", "float8", "float8",
+          "int2"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class BulkImage:
     embedding_model: str | None
     embedded_at: datetime | None
     created_at: datetime
+    taken_at: datetime | None = None  # naive wall-clock time; None: not read yet
+    taken_at_is_fallback: bool | None = None
+    camera: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
 
 
 def copy_images(conn: psycopg.Connection, rows: Iterable[BulkImage]) -> int:
@@ -46,7 +54,9 @@ def copy_images(conn: psycopg.Connection, rows: Iterable[BulkImage]) -> int:
         for r in rows:
             copy.write_row([r.id, r.filename, r.width, r.height, r.byte_size, r.sha256, r.format,
                             r.mtime_ns, r.thumbnail_key, r.embedding, r.embedding_model,
-                            r.embedded_at, r.created_at])
+                            r.embedded_at, r.created_at, r.taken_at, r.taken_at_is_fallback,
+                            r.camera, r.latitude, r.longitude,
+                            METADATA_VERSION if r.taken_at is not None else 0])
             count, top = count + 1, max(top, r.id)
     if count:
         conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterable, Sequence
 
@@ -9,7 +10,27 @@ import numpy as np
 import psycopg
 from psycopg.rows import class_row
 
+from ..photo_metadata import METADATA_VERSION, PhotoMetadata
+from .filters import Filters, filter_condition
 from .rows import IMAGE_COLUMNS, Counts, ImageRecord, ImageRow, KnownFile
+
+# A place in the timeline: (taken_at, id) of a row; taken_at is None for rows not dated yet.
+TimelineKey = tuple[datetime | None, int]
+# The timeline's order (newest taken first, undated last) and its reverse; the
+# image_embeddings_taken_idx index is walked in one direction or the other.
+OLDER = "taken_at DESC NULLS LAST, id DESC"
+NEWER = "taken_at ASC NULLS FIRST, id ASC"
+METADATA_COLUMNS = ("taken_at", "taken_offset_minutes", "taken_at_is_fallback", "camera_make",
+                    "camera_model", "camera", "latitude", "longitude", "metadata_version")
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """One sub-folder (or, with name None, the files directly in the folder asked about)."""
+
+    name: str | None
+    images: int
+    cover_id: int
 
 
 class Catalogue:
@@ -25,31 +46,42 @@ class Catalogue:
         with self.conn.cursor(row_factory=class_row(KnownFile)) as cur:
             cur.execute(
                 """SELECT filename, byte_size, mtime_ns, sha256,
-                          thumbnail_key IS NOT NULL AS has_thumbnail
-                   FROM image_embeddings"""
+                          thumbnail_key IS NOT NULL AS has_thumbnail,
+                          metadata_version >= %s AS has_metadata
+                   FROM image_embeddings""",
+                (METADATA_VERSION,),
             )
             return {row.filename: row for row in cur}
 
     def upsert_images(self, records: Iterable[ImageRecord]) -> None:
-        """Insert or update rows; a row whose content changed loses its stale embedding."""
+        """Insert or update rows; a row whose content changed loses its stale embedding.
+
+        A record without metadata keeps the row's (a new row then waits for sync to read it).
+        """
         params = [
             (r.filename, r.width, r.height, r.byte_size, r.sha256, r.format, r.mtime_ns,
-             r.thumbnail_key)
+             r.thumbnail_key, *_metadata_values(r.metadata))
             for r in records
         ]
         if not params:
             return
         changed = "image_embeddings.sha256 IS DISTINCT FROM EXCLUDED.sha256"
+        read = "EXCLUDED.metadata_version > 0"
+        keep_or_take = ", ".join(
+            f"{c} = CASE WHEN {read} THEN EXCLUDED.{c} ELSE image_embeddings.{c} END"
+            for c in METADATA_COLUMNS
+        )
         with self.conn.transaction(), self.conn.cursor() as cur:
             cur.executemany(
                 f"""INSERT INTO image_embeddings
-                       (filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                       (filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key,
+                        {", ".join(METADATA_COLUMNS)})
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {", ".join(["%s"] * len(METADATA_COLUMNS))})
                    ON CONFLICT (filename) DO UPDATE SET
                        width = EXCLUDED.width, height = EXCLUDED.height,
                        byte_size = EXCLUDED.byte_size, format = EXCLUDED.format,
                        mtime_ns = EXCLUDED.mtime_ns, thumbnail_key = EXCLUDED.thumbnail_key,
-                       sha256 = EXCLUDED.sha256,
+                       sha256 = EXCLUDED.sha256, {keep_or_take},
                        embedding = CASE WHEN {changed} THEN NULL
                                         ELSE image_embeddings.embedding END,
                        embedding_model = CASE WHEN {changed} THEN NULL
@@ -63,13 +95,19 @@ class Catalogue:
                 params,
             )
 
-    def touch_files(self, changes: Iterable[tuple[str, int, int]]) -> None:
-        """Record a new (size, mtime) for files, given as (name, size, mtime), whose hash held."""
-        params = [(mtime, size, name) for name, size, mtime in changes]
+    def touch_files(self, changes: Iterable[tuple[str, int, int, PhotoMetadata]]) -> None:
+        """Record a new (size, mtime) and the metadata just read of files whose hash held.
+
+        Nothing else changes: not the thumbnail, not the embedding.
+        """
+        params = [(mtime, size, *_metadata_values(meta), name)
+                  for name, size, mtime, meta in changes]
         if params:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 cur.executemany(
-                    "UPDATE image_embeddings SET mtime_ns = %s, byte_size = %s WHERE filename = %s",
+                    f"""UPDATE image_embeddings SET mtime_ns = %s, byte_size = %s,
+                            {", ".join(f"{c} = %s" for c in METADATA_COLUMNS)}
+                        WHERE filename = %s""",
                     params,
                 )
 
@@ -106,24 +144,32 @@ class Catalogue:
                    FROM image_embeddings"""
             ).fetchone()
 
-    def list_images(self, limit: int, before: tuple[datetime, int] | None = None) -> list[ImageRow]:
-        """A page of the library, newest first; `before` is the (created_at, id) of the last row seen."""
+    def list_images(
+        self, limit: int, before: TimelineKey | None = None, filters: Filters | None = None
+    ) -> list[ImageRow]:
+        """A page of the timeline, newest taken first; `before` is the key of the last row seen."""
+        return self._walk(limit, before, filters, older=True)
+
+    def _walk(self, limit: int, key: TimelineKey | None, filters: Filters | None,
+              older: bool) -> list[ImageRow]:
+        """Up to `limit` rows from `key` on, in timeline order (older) or its reverse.
+
+        Each branch is a range of the timeline index; UNION ALL joins the dated rows and the
+        undated ones after them, so a page that straddles the two never skips or repeats.
+        """
+        where, params = filter_condition(filters)
+        order = OLDER if older else NEWER
+        params.update(limit=limit, t=key[0] if key else None, i=key[1] if key else None)
+        branches = [
+            f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE {where} AND {after}
+                ORDER BY {order} LIMIT %(limit)s"""
+            for after in _keyset(key, older)
+        ]
+        query = branches[0] if len(branches) == 1 else (
+            f"SELECT * FROM ({' UNION ALL '.join(f'({b})' for b in branches)}) AS page "
+            f"ORDER BY {order} LIMIT %(limit)s")
         with self._rows() as cur:
-            if before is None:
-                cur.execute(
-                    f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
-                        ORDER BY created_at DESC, id DESC LIMIT %s""",
-                    (limit,),
-                )
-            else:
-                # A row comparison walks the (created_at DESC, id DESC) index: no OFFSET, no skips.
-                cur.execute(
-                    f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
-                        WHERE (created_at, id) < (%s, %s)
-                        ORDER BY created_at DESC, id DESC LIMIT %s""",
-                    (before[0], before[1], limit),
-                )
-            return cur.fetchall()
+            return cur.execute(query, params).fetchall()
 
     def get_image(self, image_id: int) -> ImageRow | None:
         """One row by id, or None."""
@@ -139,18 +185,61 @@ class Catalogue:
                 f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE filename = %s", (filename,)
             ).fetchone()
 
-    def neighbours_in_order(self, image_id: int) -> tuple[int | None, int | None]:
-        """The ids just newer and just older than this image in library order."""
-        row = self.conn.execute(
-            """SELECT
-                 (SELECT n.id FROM image_embeddings n WHERE (n.created_at, n.id) > (i.created_at, i.id)
-                  ORDER BY n.created_at, n.id LIMIT 1),
-                 (SELECT o.id FROM image_embeddings o WHERE (o.created_at, o.id) < (i.created_at, i.id)
-                  ORDER BY o.created_at DESC, o.id DESC LIMIT 1)
-               FROM image_embeddings i WHERE i.id = %s""",
-            (image_id,),
-        ).fetchone()
-        return (row[0], row[1]) if row else (None, None)
+    def neighbours_in_order(
+        self, image_id: int, filters: Filters | None = None
+    ) -> tuple[int | None, int | None]:
+        """The ids just newer and just older than this image in the (filtered) timeline."""
+        row = self.get_image(image_id)
+        if row is None:
+            return None, None
+        key = (row.taken_at, row.id)
+        newer = self._walk(1, key, filters, older=False)
+        older = self._walk(1, key, filters, older=True)
+        return (newer[0].id if newer else None), (older[0].id if older else None)
+
+    def get_images(self, ids: list[int]) -> list[ImageRow]:
+        """The rows with these ids (in no particular order)."""
+        with self._rows() as cur:
+            return cur.execute(
+                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = ANY(%s)", (ids,)
+            ).fetchall()
+
+    def folders(self, parent: str | None = None) -> list[FolderRow]:
+        """The sub-folders of `parent` (None: the top), each with its subtree's image count
+        and a cover (its newest photo with a thumbnail); name None counts the files directly
+        in `parent`."""
+        where, params = filter_condition(Filters(folder=parent))
+        params["skip"] = len(params.get("f_lo", "")) + 1  # substr() counts from 1
+        rest = "substr(filename, %(skip)s)"
+        with self.conn.cursor(row_factory=class_row(FolderRow)) as cur:
+            return cur.execute(
+                f"""SELECT DISTINCT ON (name) name, count(*) OVER (PARTITION BY name) AS images,
+                           id AS cover_id
+                    FROM (SELECT id, taken_at, thumbnail_key,
+                                 CASE WHEN strpos({rest}, '/') > 0
+                                      THEN split_part({rest}, '/', 1) END AS name
+                          FROM image_embeddings WHERE {where}) s
+                    ORDER BY name, thumbnail_key IS NULL, {OLDER}""",
+                params,
+            ).fetchall()
+
+    def cameras(self) -> list[tuple[str, int]]:
+        """Every camera that took a photo here, with how many, most used first."""
+        return [(camera, count) for camera, count in self.conn.execute(
+            """SELECT camera, count(*) FROM image_embeddings WHERE camera IS NOT NULL
+               GROUP BY camera ORDER BY count(*) DESC, camera"""
+        ).fetchall()]
+
+    def count_matching(self, filters: Filters | None, cap: int) -> int:
+        """How many embedded rows the filters let through, counting no further than `cap`
+        (so that asking costs at most `cap` rows, however many match)."""
+        where, params = filter_condition(filters)
+        params["cap"] = cap
+        return self.conn.execute(
+            f"""SELECT count(*) FROM (SELECT 1 FROM image_embeddings
+                WHERE embedding IS NOT NULL AND {where} LIMIT %(cap)s) s""",
+            params,
+        ).fetchone()[0]
 
     def embedding_of(self, image_id: int) -> np.ndarray | None:
         """The stored embedding of one image, or None when it has none (yet)."""
@@ -163,30 +252,49 @@ class Catalogue:
 
     def nearest(
         self, vector: np.ndarray, k: int, *, ef_search: int, exclude_id: int | None = None,
-        exact: bool = False, timeout_ms: int = 10_000,
+        filters: Filters | None = None, exact: bool = False, max_scan_tuples: int = 20_000,
+        timeout_ms: int = 10_000,
     ) -> list[tuple[ImageRow, float]]:
-        """The `k` rows closest to `vector` by cosine distance, with their distances.
+        """The `k` rows closest to `vector` by cosine distance among those the filters let
+        through, with their distances, nearest first.
 
-        The HNSW index is searched with `hnsw.ef_search` (at least k); `exact` scans every
-        row instead, for measuring recall.
+        The HNSW index is searched with `hnsw.ef_search` (at least k) and pgvector's iterative
+        scan, which goes on past ef_search candidates until k rows pass the filters or
+        `max_scan_tuples` were looked at; it may then return fewer than k. `exact` computes the
+        distance of every row the filters let through instead (fast when they are few; also
+        the reference recall is measured against).
         """
         want = k + (1 if exclude_id is not None else 0)
+        where, params = filter_condition(filters)
+        params.update(q=vector, want=want)
+        if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
+            found = f"""WITH scanned AS MATERIALIZED (
+                            SELECT id, embedding <=> %(q)s AS distance FROM image_embeddings
+                            WHERE embedding IS NOT NULL AND {where})
+                        SELECT id, distance FROM scanned ORDER BY distance, id LIMIT %(want)s"""
+        else:
+            found = f"""SELECT id, embedding <=> %(q)s AS distance FROM image_embeddings
+                        WHERE embedding IS NOT NULL AND {where}
+                        ORDER BY embedding <=> %(q)s LIMIT %(want)s"""
         with self.conn.transaction():
             self.conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
+                "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                "set_config('hnsw.max_scan_tuples', %s, true), "
                 "set_config('statement_timeout', %s, true)",
-                (str(max(ef_search, want)), str(int(timeout_ms))),
+                (str(max(ef_search, want)), str(int(max_scan_tuples)), str(int(timeout_ms))),
             )
-            if exact:
-                self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
-                found = cur.execute(
-                    f"""SELECT {IMAGE_COLUMNS}, embedding <=> %s AS distance
-                        FROM image_embeddings WHERE embedding IS NOT NULL
-                        ORDER BY embedding <=> %s LIMIT %s""",
-                    (vector, vector, want),
+                # relaxed_order may return neighbours slightly out of order: sort them again
+                # (+ 0: Postgres 17+ would otherwise trust the CTE's order and skip the sort).
+                rows = cur.execute(
+                    f"""WITH found AS MATERIALIZED ({found})
+                        SELECT {IMAGE_COLUMNS}, found.distance
+                        FROM found JOIN image_embeddings USING (id)
+                        ORDER BY found.distance + 0, id""",
+                    params,
                 ).fetchall()
-        return [(row, distance) for row, distance in found if row.id != exclude_id][:k]
+        return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
 
     def _rows(self) -> psycopg.Cursor[ImageRow]:
         return self.conn.cursor(row_factory=class_row(ImageRow))
@@ -200,3 +308,27 @@ def _row_and_distance(cursor: psycopg.Cursor) -> Callable[[Sequence], tuple[Imag
         return ImageRow(**dict(zip(names, values[:-1]))), float(values[-1])
 
     return make
+
+
+def _keyset(key: TimelineKey | None, older: bool) -> list[str]:
+    """The conditions (one per index range) for rows after `key` in timeline order (older)
+    or before it (not older); row comparisons walk the (taken_at, id) index, no OFFSET."""
+    if key is None:
+        return ["TRUE"]
+    dated = key[0] is not None
+    if older:
+        if dated:
+            return ["(taken_at, id) < (%(t)s, %(i)s)", "taken_at IS NULL"]
+        return ["taken_at IS NULL AND id < %(i)s"]
+    if dated:
+        return ["(taken_at, id) > (%(t)s, %(i)s)"]
+    return ["taken_at IS NULL AND id > %(i)s", "taken_at IS NOT NULL"]
+
+
+def _metadata_values(meta: PhotoMetadata | None) -> tuple:
+    """The METADATA_COLUMNS values of a photo's metadata (all None, version 0, when unread)."""
+    if meta is None:
+        return (None,) * (len(METADATA_COLUMNS) - 1) + (0,)
+    return (meta.taken_at, meta.taken_offset_minutes, meta.taken_at_is_fallback,
+            meta.camera_make, meta.camera_model, meta.camera, meta.latitude, meta.longitude,
+            METADATA_VERSION)

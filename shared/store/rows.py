@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from datetime import datetime
+
+from ..photo_metadata import PhotoMetadata
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,25 @@ class ImageRow:
     created_at: datetime
     embedded: bool
     embedding_model: str | None
+    # What the photo says about itself; taken_at is None until sync has read it.
+    taken_at: datetime | None = None  # naive wall-clock time where it was taken
+    taken_offset_minutes: int | None = None
+    taken_at_is_fallback: bool | None = None  # the file's modification time stands in
+    camera: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+    @property
+    def folder(self) -> str:
+        """The folder of images/ the file is in ("" for the top), by its POSIX file name."""
+        return posixpath.dirname(self.filename)
 
 
 # The SELECT list that fills an ImageRow, in its field order.
 IMAGE_COLUMNS = (
     "id, filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key, "
-    "created_at, embedding IS NOT NULL AS embedded, embedding_model"
+    "created_at, embedding IS NOT NULL AS embedded, embedding_model, taken_at, "
+    "taken_offset_minutes, taken_at_is_fallback, camera, latitude, longitude"
 )
 
 
@@ -43,6 +59,7 @@ class ImageRecord:
     format: str
     mtime_ns: int
     thumbnail_key: str | None
+    metadata: PhotoMetadata | None = None  # None keeps what the row has
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class KnownFile:
     mtime_ns: int | None
     sha256: str | None
     has_thumbnail: bool
+    has_metadata: bool = True  # read with the current METADATA_VERSION
 
 
 @dataclass(frozen=True)

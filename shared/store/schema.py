@@ -14,12 +14,38 @@ import psycopg
 from .connection import register_types
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
 
 VECTOR_INDEX = "image_embeddings_embedding_hnsw"
 _CREATE_VECTOR_INDEX = f"""CREATE INDEX IF NOT EXISTS {VECTOR_INDEX}
     ON image_embeddings USING hnsw (embedding vector_cosine_ops)"""
+
+# v3: what a photo says about itself (shared/photo_metadata.py), read by sync. Columns are added
+# without defaults and never back-filled here: no row is rewritten, so the HNSW index is not
+# rebuilt; rows keep taken_at NULL (and metadata_version 0) until the next sync reads them.
+METADATA_STEPS = (
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS taken_at timestamp",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS taken_offset_minutes smallint",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS taken_at_is_fallback boolean",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS camera_make text",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS camera_model text",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS camera text",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS latitude double precision",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS longitude double precision",
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS metadata_version smallint NOT NULL DEFAULT 0",
+    # The timeline: newest taken first, undated rows last, keyset pages on (taken_at, id).
+    """CREATE INDEX IF NOT EXISTS image_embeddings_taken_idx
+        ON image_embeddings (taken_at DESC NULLS LAST, id DESC)""",
+    # A camera's photos in timeline order; its distinct values for the filter's list.
+    """CREATE INDEX IF NOT EXISTS image_embeddings_camera_idx
+        ON image_embeddings (camera, taken_at DESC NULLS LAST, id DESC)""",
+    """CREATE INDEX IF NOT EXISTS image_embeddings_located_idx
+        ON image_embeddings (taken_at DESC NULLS LAST, id DESC) WHERE latitude IS NOT NULL""",
+    # A folder's subtree is a range of file names in byte order ("Italy/" <= name < "Italy0").
+    """CREATE INDEX IF NOT EXISTS image_embeddings_filename_c_idx
+        ON image_embeddings ((filename COLLATE "C"))""",
+)
 
 # `{dim}` is the only thing formatted in.
 MIGRATIONS = (
@@ -51,6 +77,7 @@ MIGRATIONS = (
     # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
     "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
+    *METADATA_STEPS,
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
