@@ -119,6 +119,7 @@ def _print_sync_summary(report) -> None:
         f"{what} {report.new}, {'would update' if report.dry_run else 'updated'} {report.changed}, "
         f"unchanged {report.unchanged}, failed {len(report.failed)}"
         + (f", thumbnails made {report.thumbnails}" if report.thumbnails else "")
+        + (f", dates and cameras read {report.metadata}" if report.metadata else "")
         + (f", pruned {report.pruned}" if report.pruned else "")
         + (f" ({mb:.1f} MB read in {report.seconds:.1f} s)" if report.bytes_read else "")
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.imagefile import ImageProblem, Inspection, inspect_image
+from shared.imagefile import ImageProblem, Inspection, inspect_image, photo_metadata, prepare_decoders
+from shared.photo_metadata import PhotoMetadata
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
@@ -32,6 +33,7 @@ class SyncReport:
     changed: int = 0
     unchanged: int = 0
     thumbnails: int = 0
+    metadata: int = 0  # unchanged files whose date, camera and place were read (no upload)
     pruned: int = 0
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -49,9 +51,10 @@ class Outcome:
     """The result of one file: a row to write, a touch, or a failure."""
 
     file: LocalFile
-    kind: str  # new | changed | touched | thumbnail | failed
+    kind: str  # new | changed | touched | metadata | thumbnail | failed
     record: ImageRecord | None = None
     error: str = ""
+    metadata: PhotoMetadata | None = None  # what a touched file's metadata now says
 
 
 def run_sync(
@@ -78,8 +81,9 @@ def run_sync(
 
     if dry_run:
         for f in todo:
-            setattr(report, "changed" if f.key in known else "new",
-                    getattr(report, "changed" if f.key in known else "new") + 1)
+            row = known.get(f.key)
+            kind = "new" if row is None else "metadata" if _wanted(f, row)[3] else "changed"
+            setattr(report, kind, getattr(report, kind) + 1)
         report.pruned = len(gone) if prune else 0
     else:
         _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
@@ -94,14 +98,31 @@ def run_sync(
 
 
 def _needs_look(f: LocalFile, row: KnownFile | None) -> bool:
-    if row is None or not row.has_thumbnail:
+    if row is None or not row.has_thumbnail or not row.has_metadata:
         return True
+    return _changed(f, row)
+
+
+def _changed(f: LocalFile, row: KnownFile) -> bool:
     return row.byte_size != f.byte_size or row.mtime_ns != f.mtime_ns
+
+
+# What a decoder process is asked to do with one file: (path, mtime_ns, the hash its row has
+# when only a change of content needs the full work, and whether reading the metadata is all).
+Wanted = tuple[Path, int, str | None, bool]
+
+
+def _wanted(f: LocalFile, row: KnownFile | None) -> Wanted:
+    if row is None or not row.has_thumbnail:
+        return f.path, f.mtime_ns, None, False
+    # Same size and mtime, only the metadata missing (a row from before it was read): the
+    # file is trusted unchanged as on every sync, and not even hashed.
+    return f.path, f.mtime_ns, row.sha256, not _changed(f, row)
 
 
 def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progress) -> None:
     pending_rows: list[ImageRecord] = []
-    pending_touches: list[tuple[str, int, int]] = []
+    pending_touches: list[tuple[str, int, int, PhotoMetadata]] = []
 
     last_flush = time.monotonic()
 
@@ -126,8 +147,9 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
             for outcome in (o for future in as_completed(futures) for o in future.result()):
                 done += 1
                 _count(outcome, report)
-                if outcome.kind == "touched":
-                    pending_touches.append((outcome.file.key, outcome.file.byte_size, outcome.file.mtime_ns))
+                if outcome.kind in ("touched", "metadata"):
+                    pending_touches.append((outcome.file.key, outcome.file.byte_size,
+                                            outcome.file.mtime_ns, outcome.metadata))
                 elif outcome.record is not None:
                     pending_rows.append(outcome.record)
                 report.bytes_read += outcome.file.byte_size
@@ -149,7 +171,7 @@ def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[L
                   known: dict[str, KnownFile], max_pixels: int) -> list[Outcome]:
     """Inspect a few files on a decoder process, then upload each and say what its row should be."""
     rows = [known.get(f.key) for f in files]
-    wanted = [(f.path, row.sha256 if row and row.has_thumbnail else None) for f, row in zip(files, rows)]
+    wanted = [_wanted(f, row) for f, row in zip(files, rows)]
     try:
         results = decoders.submit(_inspect_many, wanted, max_pixels).result()
     except Exception as exc:  # a crashed decoder process must not stop the other files
@@ -157,12 +179,17 @@ def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[L
     return [_finish_file(storage, f, row, seen) for f, row, seen in zip(files, rows, results)]
 
 
-def _inspect_many(wanted: list[tuple[Path, str | None]], max_pixels: int) -> list[Inspection | str]:
+def _inspect_many(wanted: list[Wanted], max_pixels: int) -> list[Inspection | str]:
     """Runs in a decoder process: each file's Inspection, or why it is unusable."""
     results: list[Inspection | str] = []
-    for path, known_sha in wanted:
+    for path, mtime_ns, known_sha, metadata_only in wanted:
         try:
-            results.append(inspect_image(path, max_pixels, known_sha))
+            if metadata_only:
+                prepare_decoders(max_pixels)
+                results.append(Inspection(sha256=known_sha or "", byte_size=0, unchanged=True,
+                                          metadata=photo_metadata(path, mtime_ns)))
+                continue
+            results.append(inspect_image(path, max_pixels, known_sha, mtime_ns=mtime_ns))
         except ImageProblem as exc:
             results.append(str(exc))
         except Exception as exc:  # an unexpected decoder error is this file's problem only
@@ -175,7 +202,8 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
     if isinstance(seen, str):
         return Outcome(f, "failed", error=seen)
     if seen.unchanged:
-        return Outcome(f, "touched")
+        kind = "touched" if row is None or _changed(f, row) else "metadata"
+        return Outcome(f, kind, metadata=seen.metadata)
     try:
         thumb = thumbnail_key(seen.sha256)
         storage.put_original(f.key, f.path, seen.content_type)
@@ -183,7 +211,7 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
     except StorageError as exc:
         return Outcome(f, "failed", error=str(exc))
     record = ImageRecord(f.key, seen.width, seen.height, seen.byte_size, seen.sha256,
-                         seen.format, f.mtime_ns, thumb)
+                         seen.format, f.mtime_ns, thumb, seen.metadata)
     if row is None:
         kind = "new"
     elif row.sha256 == seen.sha256:
@@ -196,8 +224,9 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
 def _count(outcome: Outcome, report: SyncReport) -> None:
     if outcome.kind == "failed":
         report.failed.append({"file": outcome.file.key, "error": outcome.error})
-    elif outcome.kind in ("touched", "thumbnail"):
+    elif outcome.kind in ("touched", "metadata", "thumbnail"):
         report.unchanged += 1
         report.thumbnails += outcome.kind == "thumbnail"
+        report.metadata += outcome.kind == "metadata"
     else:
         setattr(report, outcome.kind, getattr(report, outcome.kind) + 1)

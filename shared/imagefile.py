@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .dimensions import display_size, pillow_orientation
+from .photo_metadata import PhotoMetadata, fallback_metadata, read_metadata
 
 THUMBNAIL_EDGE = 512
 THUMBNAIL_QUALITY = 80
@@ -81,6 +82,7 @@ class Inspection:
     content_type: str = "application/octet-stream"
     thumbnail: bytes | None = None
     unchanged: bool = False  # the hash matched what the database already has
+    metadata: PhotoMetadata | None = None  # date taken, camera, position
 
 
 def is_image_name(name: str) -> bool:
@@ -111,19 +113,24 @@ def prepare_decoders(max_pixels: int) -> None:
 
 
 def inspect_image(
-    path: Path, max_pixels: int, known_sha256: str | None = None, thumbnail: bool = True
+    path: Path, max_pixels: int, known_sha256: str | None = None, thumbnail: bool = True,
+    mtime_ns: int | None = None,
 ) -> Inspection:
-    """Hash, measure, decode-check and thumbnail one file; raise ImageProblem if unusable."""
+    """Hash, measure, decode-check, thumbnail and read the metadata of one file; raise
+    ImageProblem if unusable. An unchanged file (its hash is `known_sha256`) is only hashed and
+    its metadata read. `mtime_ns` stands in for a date taken the file does not hold."""
     prepare_decoders(max_pixels)
     try:
         data = Path(path).read_bytes()
+        mtime_ns = os.stat(path).st_mtime_ns if mtime_ns is None else mtime_ns
     except OSError as exc:
         raise ImageProblem(f"cannot read file: {exc.strerror}") from exc
     if not data:
         raise ImageProblem("empty file (0 bytes)", "empty")
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 == known_sha256:
-        return Inspection(sha256=sha256, byte_size=len(data), unchanged=True)
+        return Inspection(sha256=sha256, byte_size=len(data), unchanged=True,
+                          metadata=photo_metadata(io.BytesIO(data), mtime_ns))
     with pillow_errors("unreadable image header"):
         width, height = display_size(io.BytesIO(data))
     if width * height > max_pixels:
@@ -131,7 +138,7 @@ def inspect_image(
             f"refused as a decompression bomb: {width}x{height} = {width * height:,} pixels, "
             f"over the limit of {max_pixels:,} (MAX_IMAGE_PIXELS)", "too_large"
         )
-    image_format, thumb = _decode(data, thumbnail)
+    image_format, thumb, metadata = _decode(data, thumbnail, mtime_ns)
     return Inspection(
         sha256=sha256,
         byte_size=len(data),
@@ -140,11 +147,28 @@ def inspect_image(
         format=image_format,
         content_type=Image.MIME.get(image_format, "application/octet-stream"),
         thumbnail=thumb,
+        metadata=metadata,
     )
 
 
-def _decode(data: bytes, thumbnail: bool) -> tuple[str, bytes | None]:
-    """Decode the first frame at reduced size where the format allows; make a thumbnail."""
+def photo_metadata(source: Path | io.BytesIO, mtime_ns: int) -> PhotoMetadata:
+    """Date taken, camera and position of a file already accepted once; never raises.
+
+    Only a PNG is decoded (its eXIf chunk may follow the pixels); other formats keep their
+    EXIF in the header. A file that no longer opens gets its modification time.
+    """
+    try:
+        with pillow_errors(), Image.open(source) as image:
+            if image.format == "PNG":
+                image.load()
+            return read_metadata(image, mtime_ns)
+    except (ImageProblem, OSError):
+        return fallback_metadata(mtime_ns)
+
+
+def _decode(data: bytes, thumbnail: bool, mtime_ns: int) -> tuple[str, bytes | None, PhotoMetadata]:
+    """Decode the first frame at reduced size where the format allows; make a thumbnail; read
+    the metadata (after decoding: a PNG's eXIf chunk may follow the pixels)."""
     with pillow_errors(), Image.open(io.BytesIO(data)) as image:
         image_format = image.format or "unknown"
         w, h = image.size
@@ -154,7 +178,8 @@ def _decode(data: bytes, thumbnail: bool) -> tuple[str, bytes | None]:
             image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
         image.load()
         thumb = make_thumbnail(image) if thumbnail else None
-    return image_format, thumb
+        metadata = read_metadata(image, mtime_ns)
+    return image_format, thumb, metadata
 
 
 def check_upload(data: bytes, max_pixels: int) -> str:
