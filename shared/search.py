@@ -22,7 +22,7 @@ import psycopg
 from .embedders.base import DimensionMismatch, Embedder, EmbeddingError, ImageSource, width_problem
 from .imagefile import check_upload
 from .settings import Settings
-from .store import Catalogue, ImageRow
+from .store import Catalogue, Filters, ImageRow
 
 Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
 
@@ -59,6 +59,8 @@ class Search:
         expected_dimensions: int,
         table_dimensions: int | None = None,
         ef_search: int = 100,
+        exact_search_rows: int = 10_000,
+        max_scan_tuples: int = 20_000,
         max_upload_pixels: int = 178_956_970,
         no_embedder_reason: str = "no embedder is configured",
     ) -> None:
@@ -67,6 +69,8 @@ class Search:
         self.expected_dimensions = expected_dimensions
         self.table_dimensions = table_dimensions
         self.ef_search = ef_search
+        self.exact_search_rows = exact_search_rows
+        self.max_scan_tuples = max_scan_tuples
         self.max_upload_pixels = max_upload_pixels
         self.no_embedder_reason = no_embedder_reason
         self._mismatch: str | None = None  # a width the embedder showed only when first used
@@ -83,6 +87,8 @@ class Search:
             expected_dimensions=settings.expected_vector_dim,
             table_dimensions=table_dimensions,
             ef_search=settings.web.hnsw_ef_search,
+            exact_search_rows=settings.web.exact_search_rows,
+            max_scan_tuples=settings.web.hnsw_max_scan_tuples,
             max_upload_pixels=settings.max_image_pixels,
             no_embedder_reason=no_embedder_reason or "no embedder is configured",
         )
@@ -123,29 +129,60 @@ class Search:
 
     # --- searches -------------------------------------------------------------------
 
-    def by_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The k images nearest a description."""
-        return self.by_vector(self.embed_text(text), k)
+    def by_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+        """The k images nearest a description (among those the filters let through)."""
+        return self.by_vector(self.embed_text(text), k, filters=filters)
 
-    def by_image(self, data: bytes, k: int = 10) -> list[Hit]:
-        """The k images nearest an image file's content."""
-        return self.by_vector(self.embed_image(data), k)
+    def by_image(self, data: bytes, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+        """The k images nearest an image file's content (among those the filters let through)."""
+        return self.by_vector(self.embed_image(data), k, filters=filters)
 
-    def by_vector(self, vector: np.ndarray, k: int = 10, exclude_id: int | None = None) -> list[Hit]:
-        """The k images whose stored embeddings are nearest `vector` (a unit vector)."""
+    def by_vector(
+        self, vector: np.ndarray, k: int = 10, exclude_id: int | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
+        """The k images whose stored embeddings are nearest `vector` (a unit vector).
+
+        Whenever at least k embedded images pass the filters, k come back, at any selectivity.
+        """
         with self.connections() as conn:
-            found = Catalogue(conn).nearest(vector, k, ef_search=self.ef_search,
-                                            exclude_id=exclude_id)
+            found = self._nearest(Catalogue(conn), vector, k, exclude_id, filters)
         return [Hit(row, 1.0 - distance) for row, distance in found]
 
-    def similar_to(self, image_id: int, k: int = 10) -> list[Hit] | None:
+    def similar_to(self, image_id: int, k: int = 10, filters: Filters | None = None) -> list[Hit] | None:
         """The k images nearest one in the library (no model call); None while it has no embedding."""
         with self.connections() as conn:
             catalogue = Catalogue(conn)
             if catalogue.get_image(image_id) is None:
                 raise ImageNotFound(f"there is no image with id {image_id}")
             vector = catalogue.embedding_of(image_id)
-        return None if vector is None else self.by_vector(vector, k, exclude_id=image_id)
+        if vector is None:
+            return None
+        return self.by_vector(vector, k, exclude_id=image_id, filters=filters)
+
+    def method(self, filters: Filters | None) -> str:
+        """How a search with these filters runs: "exact" (every matching row's distance) when
+        at most `exact_search_rows` embedded rows match, else "index" (HNSW)."""
+        with self.connections() as conn:
+            return self._method(Catalogue(conn), filters)
+
+    def _method(self, catalogue: Catalogue, filters: Filters | None) -> str:
+        if not filters:
+            return "index"
+        limit = self.exact_search_rows
+        return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
+
+    def _nearest(self, catalogue: Catalogue, vector: np.ndarray, k: int, exclude_id: int | None,
+                 filters: Filters | None) -> list[tuple[ImageRow, float]]:
+        exact = self._method(catalogue, filters) == "exact"
+        options = dict(ef_search=self.ef_search, exclude_id=exclude_id, filters=filters,
+                       max_scan_tuples=self.max_scan_tuples)
+        found = catalogue.nearest(vector, k, exact=exact, **options)
+        if len(found) < k and not exact:
+            # The index scan gave up (max_scan_tuples) before k rows passed the filters: the
+            # exact scan finds every one there is.
+            found = catalogue.nearest(vector, k, exact=True, **options)
+        return found
 
     def _ready(self) -> Embedder:
         reason = self.off_reason
@@ -188,4 +225,4 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
                              table_dimensions=state.dimensions, no_embedder_reason=reason)
 
 
-__all__ = ["EmbeddingError", "Hit", "ImageNotFound", "Search", "SearchUnavailable", "open_search"]
+__all__ = ["EmbeddingError", "Filters", "Hit", "ImageNotFound", "Search", "SearchUnavailable", "open_search"]

@@ -54,6 +54,12 @@ class WebSettings:
     similar_k: int = 24
     max_k: int = 200
     hnsw_ef_search: int = 100  # recall@10 >= 0.95 at p50 < 10 ms (docs/benchmarks.md)
+    # A filtered search scans every matching row when at most this many match, else it walks
+    # the HNSW index (docs/benchmarks.md, "filtered search").
+    exact_search_rows: int = 10_000
+    # How far pgvector's iterative index scan may go for filtered rows before giving up (the
+    # search then scans the matching rows exactly).
+    hnsw_max_scan_tuples: int = 20_000
     embed_timeout_s: float = 20.0
     embed_workers: int = 4
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -69,6 +75,8 @@ _WEB_FIELDS: tuple[tuple[str, str, type, float, float], ...] = (
     ("BROWSE_SIMILAR_K", "similar_k", int, 1, 1000),
     ("BROWSE_MAX_K", "max_k", int, 1, 1000),
     ("BROWSE_HNSW_EF_SEARCH", "hnsw_ef_search", int, 1, 1000),
+    ("BROWSE_EXACT_SEARCH_ROWS", "exact_search_rows", int, 0, 10_000_000),
+    ("BROWSE_HNSW_MAX_SCAN_TUPLES", "hnsw_max_scan_tuples", int, 100, 10_000_000),
     ("BROWSE_EMBED_TIMEOUT_S", "embed_timeout_s", float, 0.1, 600),
     ("BROWSE_EMBED_WORKERS", "embed_workers", int, 1, 64),
     ("BROWSE_MAX_UPLOAD_BYTES", "max_upload_bytes", int, 1024, 1024**3),
