@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, jsonify, request
 
 from . import present
+from .filters import filter_args, parse_filters
 from .present import bounded_int, image_json
 from .state import get_browse
 
@@ -13,11 +14,14 @@ bp = Blueprint("browse_api", __name__, url_prefix="/api")
 
 @bp.get("/images")
 def list_images():
-    """A page of the library, newest first: `?limit=` and the `next_cursor` of the last page."""
+    """A page of the timeline, newest taken first: `?limit=`, the filters, and the
+    `next_cursor` of the last page."""
     web = get_browse().settings.web
     limit = bounded_int(request.args.get("limit"), "limit", web.page_size, web.max_page_size)
-    page = present.library_page(limit, request.args.get("cursor"))
-    return jsonify(images=[image_json(*item) for item in page.shown], next_cursor=page.next_cursor)
+    filters = parse_filters(request.args)
+    page = present.library_page(limit, request.args.get("cursor"), filters)
+    return jsonify(images=[image_json(*item) for item in page.shown], next_cursor=page.next_cursor,
+                   filters=filter_args(filters))
 
 
 @bp.get("/images/<int:image_id>")
@@ -29,7 +33,8 @@ def one_image(image_id: int):
 @bp.get("/images/<int:image_id>/similar")
 def similar(image_id: int):
     """The nearest neighbours of an image's stored embedding (no model call)."""
-    row, hits = present.similar_to(image_id, _k(get_browse().settings.web.similar_k))
+    filters = parse_filters(request.args)
+    row, hits = present.similar_to(image_id, _k(get_browse().settings.web.similar_k), filters)
     if hits is None:
         abort(409, f"image {image_id} has no embedding yet; run the embedding backfill first")
     return jsonify(image=image_json(row),
@@ -44,18 +49,42 @@ def search():
         abort(400, "the query is empty: pass ?q=some words")
     if len(query) > 1000:
         abort(400, "the query is too long (1000 characters at most)")
-    hits = present.search_text(query, _k(get_browse().settings.web.search_k))
+    filters = parse_filters(request.args)
+    hits = present.search_text(query, _k(get_browse().settings.web.search_k), filters)
     return jsonify(query=query, model=get_browse().search.embedder.model_id,
+                   filters=filter_args(filters),
                    results=[image_json(*item) for item in present.shown(hits)])
 
 
 @bp.post("/search/image")
 def search_by_image():
-    """Images nearest an uploaded image: multipart field `image`, or the image as the body."""
+    """Images nearest an uploaded image: multipart field `image`, or the image as the body;
+    filters in the query string (or as form fields)."""
     k = _k(get_browse().settings.web.search_k)
-    hits = present.search_upload(_upload_bytes(), k)
-    return jsonify(model=get_browse().search.embedder.model_id,
+    data = _upload_bytes()
+    filters = parse_filters(request.values)  # the form is parsed only for a multipart body
+    hits = present.search_upload(data, k, filters)
+    return jsonify(model=get_browse().search.embedder.model_id, filters=filter_args(filters),
                    results=[image_json(*item) for item in present.shown(hits)])
+
+
+@bp.get("/folders")
+def folders():
+    """The sub-folders of `?folder=` (the top by default): counts and a cover image each."""
+    parent = parse_filters(request.args).folder
+    albums, here = present.folders(parent)
+    return jsonify(folder=parent or "", images_here=here, folders=[
+        {"name": a.name, "folder": a.path, "images": a.images,
+         "cover": image_json(a.cover) if a.cover else None}
+        for a in albums
+    ])
+
+
+@bp.get("/cameras")
+def cameras():
+    """Every camera with how many photos it took, most used first."""
+    return jsonify(cameras=[{"camera": name, "images": count}
+                            for name, count in get_browse().catalogue().cameras()])
 
 
 @bp.get("/status")

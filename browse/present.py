@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from flask import abort, url_for
 
 from shared.search import Hit, ImageNotFound
-from shared.store import ImageRow
+from shared.store import Filters, FolderRow, ImageRow, TimelineKey
 
+from .filters import filter_args
 from .state import get_browse
 
 # Formats every current browser shows; others (HEIC, TIFF, ...) are shown by their thumbnail.
 BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+UNDATED = "u"  # a cursor's place for rows sync has not dated yet
+MAX_ID = 2**63 - 1  # Postgres bigint
+OSM = "https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=15/{lat:.5f}/{lon:.5f}"
 
 # One image in a grid: its row, and its similarity when it was found by a search.
 Shown = tuple[ImageRow, float | None]
@@ -26,6 +32,26 @@ class Page:
 
     shown: list[Shown]
     next_cursor: str | None
+    after: TimelineKey | None = None  # where the page starts (None: at the top)
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A month of the timeline: its title and the filters that show only that month."""
+
+    title: str
+    key: str  # "2019-07", or "undated"
+    month: dict[str, str]  # taken_after / taken_before of the month (empty when undated)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A sub-folder as the albums list shows it."""
+
+    name: str
+    path: str
+    images: int
+    cover: ImageRow | None
 
 
 def bounded_int(raw: str | None, name: str, default: int, maximum: int) -> int:
@@ -49,16 +75,42 @@ def shown(hits: list[Hit]) -> list[Shown]:
 # --- reads ---------------------------------------------------------------------------
 
 
-def library_page(limit: int, cursor: str | None) -> Page:
-    """`limit` images, newest first, after the cursor."""
+def library_page(limit: int, cursor: str | None, filters: Filters | None = None) -> Page:
+    """`limit` images, newest taken first, after the cursor."""
     try:
-        before = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
     except ValueError as exc:
         abort(400, str(exc))
-    rows = get_browse().catalogue().list_images(limit + 1, before)
+    rows = get_browse().catalogue().list_images(limit + 1, after, filters)
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page([(r, None) for r in rows], encode_cursor(rows[-1]) if more and rows else None)
+    return Page([(r, None) for r in rows], encode_cursor(rows[-1]) if more and rows else None,
+                after)
+
+
+def headings(page: Page) -> list[tuple[Heading | None, Shown]]:
+    """The page's images, each with the heading of a month that begins at it (or None).
+
+    A page that continues a month from the page before it does not repeat its heading.
+    """
+    previous = month_of(page.after[0]) if page.after else None
+    out = []
+    for row, similarity in page.shown:
+        heading = month_of(row.taken_at)
+        out.append((heading if heading.key != (previous and previous.key) else None, (row, similarity)))
+        previous = heading
+    return out
+
+
+def month_of(taken_at: datetime | None) -> Heading:
+    """The month heading a photo taken at `taken_at` goes under."""
+    if taken_at is None:
+        return Heading("Not dated yet (run loader sync)", "undated", {})
+    last = calendar.monthrange(taken_at.year, taken_at.month)[1]
+    first = taken_at.date().replace(day=1)
+    return Heading(f"{calendar.month_name[taken_at.month]} {taken_at.year}", f"{first:%Y-%m}",
+                   {"taken_after": first.isoformat(),
+                    "taken_before": first.replace(day=last).isoformat()})
 
 
 def get_image(image_id: int) -> ImageRow:
@@ -69,47 +121,78 @@ def get_image(image_id: int) -> ImageRow:
     return row
 
 
-def search_text(query: str, k: int) -> list[Hit]:
+def search_text(query: str, k: int, filters: Filters | None = None) -> list[Hit]:
     """The k images nearest a description (SearchError when it cannot be answered)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_text, query), k)
+    vector = browse.query_vector(browse.search.embed_text, query)
+    return browse.search.by_vector(vector, k, filters=filters)
 
 
-def search_upload(data: bytes, k: int) -> list[Hit]:
+def search_upload(data: bytes, k: int, filters: Filters | None = None) -> list[Hit]:
     """The k images nearest an uploaded image (BadUpload when it is not a usable image)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_image, data), k)
+    vector = browse.query_vector(browse.search.embed_image, data)
+    return browse.search.by_vector(vector, k, filters=filters)
 
 
-def similar_to(image_id: int, k: int) -> tuple[ImageRow, list[Hit] | None]:
+def similar_to(image_id: int, k: int,
+               filters: Filters | None = None) -> tuple[ImageRow, list[Hit] | None]:
     """An image and its nearest neighbours by stored embedding (None when it has no embedding)."""
     try:
-        hits = get_browse().search.similar_to(image_id, k)
+        hits = get_browse().search.similar_to(image_id, k, filters)
     except ImageNotFound as exc:
         abort(404, str(exc))
     return get_image(image_id), hits
 
 
-def neighbours_in_order(image_id: int) -> tuple[int | None, int | None]:
-    """The newer and older image ids, for keyboard navigation."""
-    return get_browse().catalogue().neighbours_in_order(image_id)
+def neighbours_in_order(image_id: int,
+                        filters: Filters | None = None) -> tuple[int | None, int | None]:
+    """The newer and older image ids in the (filtered) timeline, for keyboard navigation."""
+    return get_browse().catalogue().neighbours_in_order(image_id, filters)
+
+
+def folders(parent: str | None) -> tuple[list[Folder], int]:
+    """The sub-folders of `parent` with counts and covers, and how many files lie directly in it."""
+    catalogue = get_browse().catalogue()
+    found: list[FolderRow] = catalogue.folders(parent)
+    covers = {row.id: row for row in catalogue.get_images([f.cover_id for f in found if f.name])}
+    prefix = f"{parent}/" if parent else ""
+    albums = [Folder(f.name, prefix + f.name, f.images, covers.get(f.cover_id))
+              for f in found if f.name is not None]
+    return albums, sum(f.images for f in found if f.name is None)
+
+
+def breadcrumbs(folder: str | None) -> list[tuple[str, str]]:
+    """(name, path) of each folder from the top down to `folder`."""
+    parts = (folder or "").split("/") if folder else []
+    return [(name, "/".join(parts[: i + 1])) for i, name in enumerate(parts)]
 
 
 # --- cursors -------------------------------------------------------------------------
 
 
 def encode_cursor(row: ImageRow) -> str:
-    """An opaque-looking, exact keyset cursor: microseconds since the epoch and the id."""
-    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
+    """An exact keyset cursor: the row's taken_at in microseconds since 1970 (its wall-clock
+    time, or "u" while undated) and its id."""
+    if row.taken_at is None:
+        return f"{UNDATED}.{row.id}"
+    micros = (row.taken_at - _NAIVE_EPOCH) // timedelta(microseconds=1)
     return f"{micros}.{row.id}"
 
 
-def decode_cursor(value: str) -> tuple[datetime, int]:
-    """The (created_at, id) a cursor names; ValueError when it is not one of ours."""
+def decode_cursor(value: str) -> TimelineKey:
+    """The (taken_at, id) a cursor names; ValueError when it is not one of ours."""
     micros, _, image_id = value.partition(".")
-    if not (micros.lstrip("-").isdigit() and image_id.isdigit()) or len(value) > 40:
+    dated = micros.lstrip("-").isdigit() and micros.isascii()
+    if not (dated or micros == UNDATED) or not (image_id.isdigit() and image_id.isascii()) \
+            or len(value) > 40 or int(image_id) > MAX_ID:
         raise ValueError(f"not a page cursor: {value[:40]!r}")
-    return _EPOCH + timedelta(microseconds=int(micros)), int(image_id)
+    if not dated:
+        return None, int(image_id)
+    try:
+        return _NAIVE_EPOCH + timedelta(microseconds=int(micros)), int(image_id)
+    except OverflowError:  # beyond the years a datetime can hold
+        raise ValueError(f"not a page cursor: {value[:40]!r}") from None
 
 
 # --- how an image is addressed and described -------------------------------------------
@@ -150,6 +233,12 @@ def image_json(row: ImageRow, similarity: float | None = None) -> dict:
         "created_at": row.created_at.isoformat(),
         "embedded": row.embedded,
         "embedding_model": row.embedding_model,
+        "taken_at": taken_at(row),
+        "taken_at_is_fallback": row.taken_at_is_fallback,
+        "camera": row.camera,
+        "latitude": row.latitude,
+        "longitude": row.longitude,
+        "folder": row.folder,
         "thumbnail_url": _absolute(thumbnail_src(row)),
         "original_url": _absolute(original_src(row)),
         "page_url": url_for("browse.image_page", image_id=row.id, _external=True),
@@ -157,6 +246,43 @@ def image_json(row: ImageRow, similarity: float | None = None) -> dict:
     if similarity is not None:
         out["similarity"] = round(similarity, 6)
     return out
+
+
+def taken_at(row: ImageRow) -> str | None:
+    """When the photo was taken, ISO 8601: wall-clock time, with its UTC offset when known."""
+    if row.taken_at is None:
+        return None
+    if row.taken_offset_minutes is None:
+        return row.taken_at.isoformat()
+    zone = timezone(timedelta(minutes=row.taken_offset_minutes))
+    return row.taken_at.replace(tzinfo=zone).isoformat()
+
+
+def taken_text(row: ImageRow) -> str | None:
+    """When the photo was taken, for people: "2008-10-22 16:28:39", "… (UTC+02:00)"."""
+    if row.taken_at is None:
+        return None
+    text = row.taken_at.strftime("%Y-%m-%d %H:%M:%S")
+    if row.taken_offset_minutes is None:
+        return text
+    sign = "-" if row.taken_offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(row.taken_offset_minutes), 60)
+    return f"{text} (UTC{sign}{hours:02d}:{minutes:02d})"
+
+
+def map_link(row: ImageRow) -> str | None:
+    """OpenStreetMap centred on where the photo was taken (a link: no map is loaded here)."""
+    if row.latitude is None or row.longitude is None:
+        return None
+    return OSM.format(lat=row.latitude, lon=row.longitude)
+
+
+def place(row: ImageRow) -> str | None:
+    """The position for people: "43.46745° N, 11.88513° E"."""
+    if row.latitude is None or row.longitude is None:
+        return None
+    lat = f"{abs(row.latitude):.5f}° {'N' if row.latitude >= 0 else 'S'}"
+    return f"{lat}, {abs(row.longitude):.5f}° {'E' if row.longitude >= 0 else 'W'}"
 
 
 def modified_at(row: ImageRow) -> str | None:

@@ -54,6 +54,8 @@ class Browse:
     storage: Storage
     search: Search
     _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
+    _cameras: tuple[float, list[tuple[str, int]]] | None = field(default=None, init=False,
+                                                                repr=False)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,13 @@ class Browse:
         if self._summary is None or now - self._summary[0] > self.settings.web.summary_ttl_s:
             self._summary = (now, self.catalogue().counts())
         return self._summary[1]
+
+    def camera_list(self) -> list[tuple[str, int]]:
+        """Cameras and their photo counts for the filter form, at most `summary_ttl_s` old."""
+        now = time.monotonic()
+        if self._cameras is None or now - self._cameras[0] > self.settings.web.summary_ttl_s:
+            self._cameras = (now, self.catalogue().cameras())
+        return self._cameras[1]
 
     def close(self) -> None:
         """Stop the embedder workers and close the pool (when the app stops)."""

@@ -7,11 +7,13 @@ import hashlib
 import os
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from browse_support import HOSTILE, WordEmbedder, build_library, png_bytes
 
 from browse import create_app
+from shared.photo_metadata import PhotoMetadata
 from shared.settings import R2Settings, Settings
 from shared.store import Catalogue, ImageRecord, Schema, connect
 
@@ -54,7 +56,7 @@ def ids_by_name(client) -> dict[str, int]:
 # --- list, one image ---------------------------------------------------------------------
 
 
-def test_list_walks_every_image_once_newest_first_by_keyset(client, library):
+def test_list_walks_every_image_once_newest_taken_first_by_keyset(client, library):
     seen, cursor, pages = [], None, 0
     while True:
         response = client.get("/api/images", query_string={"limit": 7, **({"cursor": cursor} if cursor else {})})
@@ -67,7 +69,7 @@ def test_list_walks_every_image_once_newest_first_by_keyset(client, library):
             break
     with connect(library.database_url) as conn:
         expected = [r[0] for r in conn.execute(
-            "SELECT id FROM image_embeddings ORDER BY created_at DESC, id DESC").fetchall()]
+            "SELECT id FROM image_embeddings ORDER BY taken_at DESC, id DESC").fetchall()]
     assert [image["id"] for image in seen] == expected
     assert len(expected) == 37 and pages == 6  # 37 rows in pages of 7
 
@@ -75,7 +77,8 @@ def test_list_walks_every_image_once_newest_first_by_keyset(client, library):
 def test_keyset_cursor_is_stable_when_newer_rows_arrive(client, library):
     first = client.get("/api/images?limit=5").get_json()
     with connect(library.database_url) as conn:
-        Catalogue(conn).upsert_images([ImageRecord("arrived-later.jpg", 10, 10, 1, "0" * 64, "JPEG", 1, None)])
+        taken = PhotoMetadata(datetime(2100, 1, 1), None, False)  # newer than every other photo
+        Catalogue(conn).upsert_images([ImageRecord("arrived-later.jpg", 10, 10, 1, "0" * 64, "JPEG", 1, None, taken)])
     try:
         second = client.get(f"/api/images?limit=5&cursor={first['next_cursor']}").get_json()
         everything = client.get("/api/images?limit=200").get_json()["images"]
@@ -102,7 +105,12 @@ def test_unknown_image_and_route_are_json_404s(client):
         assert response.get_json()["error"]["status"] == 404
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=ten", "cursor=abc", "cursor=1.2.3"])
+@pytest.mark.parametrize("query", [
+    "limit=0", "limit=201", "limit=ten", "cursor=abc", "cursor=1.2.3", "cursor=u.x", "cursor=x.1",
+    "cursor=99999999999999999999999.1",  # beyond any datetime
+    "cursor=1.99999999999999999999", "cursor=u.9223372036854775808",  # beyond a bigint
+    "cursor=%D9%A3.1",  # a digit, but not an ASCII one
+])
 def test_bad_page_parameters_are_json_400s(client, query):
     response = client.get(f"/api/images?{query}")
     assert response.status_code == 400

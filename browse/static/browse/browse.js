@@ -7,10 +7,12 @@
 
   // --- justified rows ----------------------------------------------------------------
   // Each box keeps its image's aspect ratio (data-w / data-h); rows are scaled to fill the width.
+  // A month heading (.month) ends the row before it: rows never straddle two months.
   function justify(grid) {
-    const boxes = Array.from(grid.children).filter((el) => el.classList.contains("box"));
+    const items = Array.from(grid.children).filter(
+      (el) => el.classList.contains("box") || el.classList.contains("month"));
     const width = grid.clientWidth;
-    if (!width || !boxes.length) return;
+    if (!width || !items.length) return;
     const style = getComputedStyle(grid);
     const gap = parseFloat(style.columnGap) || GAP_FALLBACK;
     const target = parseFloat(getComputedStyle(document.documentElement).getPropertyValue("--row")) || 220;
@@ -22,7 +24,13 @@
         box.style.height = height + "px";
       }
     };
-    for (const box of boxes) {
+    for (const box of items) {
+      if (box.classList.contains("month")) {
+        place(row, ratios, target);
+        row = [];
+        ratios = 0;
+        continue;
+      }
       const ratio = (Number(box.dataset.w) || 1) / (Number(box.dataset.h) || 1);
       row.push([box, ratio]);
       ratios += ratio;
@@ -57,8 +65,10 @@
         if (!response.ok) throw new Error("HTTP " + response.status);
         const doc = new DOMParser().parseFromString(await response.text(), "text/html");
         const seen = new Set(Array.from(grid.children, (el) => el.dataset.id));
-        for (const box of doc.querySelectorAll("#grid > .box")) {
-          if (!seen.has(box.dataset.id)) grid.appendChild(document.adoptNode(box));
+        const months = new Set(Array.from(grid.querySelectorAll(".month"), (el) => el.dataset.month));
+        for (const item of doc.querySelectorAll("#grid > .box, #grid > .month")) {
+          const known = item.classList.contains("month") ? months.has(item.dataset.month) : seen.has(item.dataset.id);
+          if (!known) grid.appendChild(document.adoptNode(item));
         }
         justify(grid);
         const next = doc.getElementById("more");
@@ -138,6 +148,19 @@
     });
   }
 
+  // --- filters: leave empty fields out of the URL, so that it stays short and shareable ---
+  function filterForm() {
+    const form = document.getElementById("filter-form");
+    if (!form) return;
+    form.addEventListener("submit", () => {
+      for (const field of form.elements) {
+        if (field.name && !field.value) field.disabled = true;
+      }
+      // Enabled again for the back button's restored page (bfcache).
+      setTimeout(() => { for (const field of form.elements) field.disabled = false; }, 0);
+    });
+  }
+
   function start() {
     justifyAll();
     if ("ResizeObserver" in window) {
@@ -150,6 +173,7 @@
     infiniteScroll();
     keyboard();
     upload();
+    filterForm();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
