@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import time
 import traceback
 import zlib
 import struct
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -306,3 +308,145 @@ def test_rows_from_before_thumbnails_get_one_and_keep_their_embedding(catalogue,
     thumb = rows(catalogue)["old.jpg"][3]
     assert thumb and (tmp_path / "thumbs" / thumb).is_file()
     assert catalogue.counts().embedded == 1
+
+
+# --- what a photo says about itself (issue 10) ----------------------------------------------
+
+MTIME = 1_590_998_400  # 2020-06-01 08:00:00 UTC
+
+
+def metadata(catalogue) -> dict[str, tuple]:
+    """Each row's date taken, fallback mark, camera and position."""
+    return {
+        r[0]: r[1:]
+        for r in catalogue.conn.execute(
+            """SELECT filename, taken_at, taken_at_is_fallback, camera, latitude, longitude
+               FROM image_embeddings"""
+        ).fetchall()
+    }
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """This process and its decoder processes in UTC (the mtime fallback is local time)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_camera_files_land_with_their_date_camera_and_position(catalogue, wild_images, utc):
+    for name in ("misc/invalid-exif.jpg", "misc/hopper_bad_exif.jpg"):
+        os.utime(wild_images / name, (MTIME, MTIME))
+    sync(catalogue, wild_images)
+    found = metadata(catalogue)
+    # Read by hand with exiftool 12.57: DSCN0010.JPG's DateTimeOriginal 2008:10:22 16:28:39,
+    # Make "NIKON", Model "COOLPIX P6000", GPS 43/1 28/1 281400000/100000000 N and
+    # 11/1 53/1 645599999/100000000 E = 43.467448333 N, 11.885126667 E.
+    taken, fallback, camera, lat, lon = found["camera/DSCN0010.JPG"]
+    assert (taken, fallback, camera) == (datetime(2008, 10, 22, 16, 28, 39), False, "NIKON COOLPIX P6000")
+    assert (lat, lon) == (pytest.approx(43.467448333, abs=1e-6), pytest.approx(11.885126667, abs=1e-6))
+    # canon_hdr_NO.jpg: DateTimeOriginal 2015:02:09 22:47:44, Make "Canon", Model "Canon
+    # PowerShot SX60 HS", a GPS IFD with only GPSVersionID (no position).
+    assert found["camera/canon_hdr_NO.jpg"] == (datetime(2015, 2, 9, 22, 47, 44), False,
+                                                 "Canon PowerShot SX60 HS", None, None)
+    # Hostile EXIF (exiftool: "Malformed APP1 EXIF segment", "Bad IFD0 directory"): the image
+    # is recorded all the same, dated by its modification time.
+    for name in ("misc/invalid-exif.jpg", "misc/hopper_bad_exif.jpg"):
+        assert found[name] == (datetime(2020, 6, 1, 8, 0), True, None, None, None), name
+
+
+class CountingStorage(LocalStorage):
+    """Local storage that counts what is written to it."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.puts: list[str] = []
+
+    def put_original(self, key, path, content_type) -> None:
+        self.puts.append(key)
+        super().put_original(key, path, content_type)
+
+    def put_thumbnail(self, key, data) -> None:
+        self.puts.append(key)
+        super().put_thumbnail(key, data)
+
+
+def png_with_exif_after_pixels(path: Path, exif: bytes) -> None:
+    """A PNG whose eXIf chunk follows its IDAT (allowed; only a decoder finds it)."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(out, "PNG")
+    data = out.getvalue()
+    end = data.rindex(b"IEND") - 4
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+def exif_block(taken: str, make: str = "FUJIFILM", model: str = "X-T3") -> bytes:
+    exif = Image.Exif()
+    exif.update({0x010F: make, 0x0110: model})
+    exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
+    return exif.tobytes()
+
+
+def test_rows_from_before_metadata_get_it_without_upload_thumbnail_or_embedding(db_url, tmp_path, utc):
+    """A row written by schema version 2 (no metadata columns), with its thumbnail and
+    embedding, is upgraded and then dated by sync: nothing uploaded, nothing else changed."""
+    from shared.store import schema
+
+    images = tmp_path / "imgs"
+    shutil.copy(ROOT / "tests/data/wild/camera/DSCN0010.JPG", images.mkdir() or images / "nikon.jpg")
+    png_with_exif_after_pixels(images / "late-exif.png", exif_block("2011:11:11 11:11:11"))
+    storage = CountingStorage(images, tmp_path / "thumbs")
+    with connect(db_url) as conn:
+        for step in schema.MIGRATIONS:  # the table as release 2 made it
+            if step not in schema.METADATA_STEPS:
+                conn.execute(step.format(dim=768))
+        conn.execute("INSERT INTO image_browser_schema (version, dimensions) VALUES (2, 768)")
+        for f in sorted(images.iterdir()):  # rows as release 2's sync wrote them
+            data, stat = f.read_bytes(), f.stat()
+            conn.execute(
+                """INSERT INTO image_embeddings (filename, width, height, byte_size, sha256, format,
+                       mtime_ns, thumbnail_key, embedding, embedding_model, embedded_at)
+                   VALUES (%s, 8, 8, %s, %s, 'JPEG', %s, %s, %s, 'old/model', '2020-01-01')""",
+                (f.name, len(data), hashlib.sha256(data).hexdigest(), stat.st_mtime_ns,
+                 f"thumb-of-{f.name}", np.ones(768, np.float32)))
+        before = conn.execute("SELECT filename, sha256, thumbnail_key, embedding, embedded_at "
+                              "FROM image_embeddings ORDER BY filename").fetchall()
+        Schema(conn).ensure(768)
+        catalogue = Catalogue(conn)
+        assert sync(catalogue, images, dry_run=True).metadata == 2
+        report = sync(catalogue, images, storage=storage)
+        assert storage.puts == []
+        assert (report.metadata, report.unchanged, report.new, report.changed) == (2, 2, 0, 0)
+        after = conn.execute("SELECT filename, sha256, thumbnail_key, embedding, embedded_at "
+                             "FROM image_embeddings ORDER BY filename").fetchall()
+        assert after == before
+        found = metadata(catalogue)
+        assert found["nikon.jpg"][:3] == (datetime(2008, 10, 22, 16, 28, 39), False, "NIKON COOLPIX P6000")
+        assert found["late-exif.png"][:3] == (datetime(2011, 11, 11, 11, 11, 11), False, "FUJIFILM X-T3")
+        again = sync(catalogue, images, storage=storage)
+        assert (again.metadata, again.unchanged, storage.puts) == (0, 2, [])  # read once only
+
+
+def test_touched_file_gets_its_metadata_read_again(catalogue, tmp_path, utc):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg")  # no EXIF date: dated by its modification time
+    os.utime(images / "a.jpg", (MTIME, MTIME))
+    sync(catalogue, images)
+    assert metadata(catalogue)["a.jpg"][:2] == (datetime(2020, 6, 1, 8, 0), True)
+    os.utime(images / "a.jpg", (MTIME + 3600, MTIME + 3600))
+    report = sync(catalogue, images)
+    assert report.unchanged == 1 and report.changed == report.metadata == 0
+    assert metadata(catalogue)["a.jpg"][:2] == (datetime(2020, 6, 1, 9, 0), True)
+
+
+def test_changed_file_gets_the_new_files_metadata(catalogue, tmp_path, utc):
+    images = tmp_path / "imgs"
+    png_with_exif_after_pixels(images.mkdir() or images / "p.png", exif_block("2001:01:01 01:01:01"))
+    sync(catalogue, images)
+    png_with_exif_after_pixels(images / "p.png", exif_block("2002:02:02 02:02:02", "Canon", "EOS 5D"))
+    os.utime(images / "p.png", (MTIME, MTIME))
+    assert sync(catalogue, images).changed == 1
+    assert metadata(catalogue)["p.png"][:3] == (datetime(2002, 2, 2, 2, 2, 2), False, "Canon EOS 5D")
