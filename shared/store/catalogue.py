@@ -253,7 +253,7 @@ class Catalogue:
     def nearest(
         self, vector: np.ndarray, k: int, *, ef_search: int, exclude_id: int | None = None,
         filters: Filters | None = None, exact: bool = False, max_scan_tuples: int = 20_000,
-        timeout_ms: int = 10_000,
+        iterative_scan: str = "relaxed_order", timeout_ms: int = 10_000,
     ) -> list[tuple[ImageRow, float]]:
         """The `k` rows closest to `vector` by cosine distance among those the filters let
         through, with their distances, nearest first.
@@ -262,8 +262,11 @@ class Catalogue:
         scan, which goes on past ef_search candidates until k rows pass the filters or
         `max_scan_tuples` were looked at; it may then return fewer than k. `exact` computes the
         distance of every row the filters let through instead (fast when they are few; also
-        the reference recall is measured against).
+        the reference recall is measured against). `iterative_scan` is pgvector's mode:
+        relaxed_order (re-sorted here), strict_order, or off (for measuring what it saves).
         """
+        if iterative_scan not in ("relaxed_order", "strict_order", "off"):
+            raise ValueError(f"unknown hnsw.iterative_scan mode {iterative_scan!r}")
         want = k + (1 if exclude_id is not None else 0)
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
@@ -279,10 +282,11 @@ class Catalogue:
         with self.conn.transaction():
             self.conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
-                "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                "set_config('hnsw.iterative_scan', %s, true), "
                 "set_config('hnsw.max_scan_tuples', %s, true), "
                 "set_config('statement_timeout', %s, true)",
-                (str(max(ef_search, want)), str(int(max_scan_tuples)), str(int(timeout_ms))),
+                (str(max(ef_search, want)), iterative_scan, str(int(max_scan_tuples)),
+                 str(int(timeout_ms))),
             )
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
                 # relaxed_order may return neighbours slightly out of order: sort them again
