@@ -154,13 +154,12 @@ def inspect_image(
 def photo_metadata(source: Path | io.BytesIO, mtime_ns: int) -> PhotoMetadata:
     """Date taken, camera and position of a file already accepted once; never raises.
 
-    Only a PNG is decoded (its eXIf chunk may follow the pixels); other formats keep their
-    EXIF in the header. A file that no longer opens gets its modification time.
+    Most formats keep their EXIF in the header, so nothing is decoded; Pillow decodes a PNG
+    whose eXIf chunk follows its pixels by itself when asked for it (tests/test_loader_sync.py
+    holds such a file). A file that no longer opens gets its modification time.
     """
     try:
         with pillow_errors(), Image.open(source) as image:
-            if image.format == "PNG":
-                image.load()
             return read_metadata(image, mtime_ns)
     except (ImageProblem, OSError):
         return fallback_metadata(mtime_ns)
