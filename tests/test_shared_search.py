@@ -8,15 +8,18 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browse_support import WordEmbedder, build_library, png_bytes
 from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
 
 from shared.imagefile import ImageProblem
-from shared.search import ImageNotFound, SearchUnavailable, open_search
-from shared.store import Catalogue, connect
+from shared.search import ImageNotFound, Search, SearchUnavailable, open_search
+from shared.store import BulkImage, Catalogue, Filters, Schema, connect, copy_images, open_pool
 
 from conftest import WILD
 
@@ -83,3 +86,129 @@ def test_the_readme_snippet_runs_as_written(db_url, tmp_path, tiny_clip):
     assert similarities == sorted(similarities, reverse=True)
     assert {line.split(maxsplit=1)[1] for line in lines} <= {p.relative_to(images).as_posix()
                                                               for p in images.rglob("*") if p.is_file()}
+
+
+# --- filtered search on 20,000 rows (issue 10) ------------------------------------------------
+
+ROWS, DIM_SMALL, TOPICS, K = 20_000, 32, 40, 10
+
+
+@dataclasses.dataclass
+class Big:
+    """A 20,000-row library in a database of its own, its vectors and who is in which filter."""
+
+    url: str
+    vectors: np.ndarray
+    cameras: np.ndarray
+    query: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def big(pg_url) -> Big:
+    """Clustered 32-d vectors; the query is about topic 0. Cameras: "Rare" on 1 % of the rows
+    and "Far" on 10 %, both only from the 20 topics least like topic 0 (what the query looks
+    for is not there), "Any" on 10 % chosen at random, "Other" on the rest."""
+    rng = np.random.default_rng(10)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    common, centres = unit(rng.normal(size=DIM_SMALL)), unit(rng.normal(size=(TOPICS, DIM_SMALL)))
+    topic = rng.integers(0, TOPICS, ROWS)
+    noise = rng.normal(size=(ROWS, DIM_SMALL)) / np.sqrt(DIM_SMALL)
+    vectors = unit(0.5 * common + centres[topic] + 0.3 * noise).astype(np.float32)
+    far = np.flatnonzero(np.isin(topic, np.argsort(centres @ centres[0])[:20]))
+    cameras = np.full(ROWS, "Other", dtype=object)
+    picked = rng.choice(far, 2200, replace=False)
+    cameras[picked[:200]], cameras[picked[200:]] = "Rare", "Far"
+    anywhere = rng.choice(np.flatnonzero(cameras == "Other"), 2000, replace=False)
+    cameras[anywhere] = "Any"
+    with connect(pg_url) as conn:
+        conn.execute("DROP DATABASE IF EXISTS image_browser_filtered WITH (FORCE)")
+        conn.execute("CREATE DATABASE image_browser_filtered")
+    url = make_conninfo(pg_url, dbname="image_browser_filtered")
+    added = datetime.now(timezone.utc)
+    with connect(url) as conn:
+        schema = Schema(conn)
+        schema.ensure(DIM_SMALL)
+        schema.drop_vector_index()
+        copy_images(conn, (BulkImage(i + 1, f"{i}.jpg", 1, 1, 1, f"{i:064x}", "JPEG", 0, None,
+                                     vectors[i], "test", added, added, camera=cameras[i])
+                           for i in range(ROWS)))
+        schema.build_vector_index()
+    yield Big(url, vectors, cameras, unit(0.5 * common + centres[0]).astype(np.float32))
+    with connect(pg_url) as conn:
+        conn.execute("DROP DATABASE IF EXISTS image_browser_filtered WITH (FORCE)")
+
+
+@pytest.fixture
+def searcher(big):
+    """Search on the big library with its settings given: search(exact_search_rows=...)."""
+    pools = []
+
+    def make(**options) -> Search:
+        pools.append(open_pool(big.url, size=2))
+        return Search(pools[-1].connection, None, expected_dimensions=DIM_SMALL, ef_search=40,
+                      **options)
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def exact_ids(big: Big, camera: str) -> list[int]:
+    """The true K nearest rows with this camera, worked out in numpy (ids start at 1)."""
+    allowed = np.flatnonzero(big.cameras == camera)
+    distances = 1.0 - big.vectors[allowed] @ big.query
+    return [int(allowed[i]) + 1 for i in np.argsort(distances, kind="stable")[:K]]
+
+
+def check_order(big: Big, hits) -> None:
+    """Nearest first, with the distances numpy gives those rows."""
+    similarities = [hit.similarity for hit in hits]
+    assert similarities == sorted(similarities, reverse=True)
+    expected = big.vectors[[hit.row.id - 1 for hit in hits]] @ big.query
+    assert np.allclose(similarities, expected, atol=1e-5)
+
+
+def test_a_filter_matching_1_percent_gives_k_rows_in_the_right_order(big, searcher):
+    search = searcher()  # the default settings
+    rare = Filters(camera="Rare")
+    assert (big.cameras == "Rare").mean() == 0.01
+    hits = search.by_vector(big.query, K, filters=rare)
+    assert [hit.row.id for hit in hits] == exact_ids(big, "Rare")
+    check_order(big, hits)
+    assert search.method(rare) == "exact"
+
+
+def test_the_index_path_keeps_scanning_until_k_rows_pass_the_filter(big, searcher):
+    search = searcher(exact_search_rows=0)  # never the exact scan
+    with connect(big.url) as conn:  # the trap: ef_search candidates, then the filter, too few
+        plain = Catalogue(conn).nearest(big.query, K, ef_search=40, filters=Filters(camera="Any"),
+                                        iterative_scan="off")
+    assert len(plain) < K
+    for camera in ("Any", "Rare"):
+        hits = search.by_vector(big.query, K, filters=Filters(camera=camera))
+        assert len(hits) == K and {big.cameras[h.row.id - 1] for h in hits} == {camera}
+        check_order(big, hits)
+        assert len({h.row.id for h in hits} & set(exact_ids(big, camera))) >= 9
+
+
+def test_when_the_index_scan_gives_up_the_exact_scan_finds_every_row(big, searcher):
+    # "Far" rows are all unlike the query: the index walks past max_scan_tuples rows
+    # without finding K of them, and stops.
+    far = Filters(camera="Far")
+    with connect(big.url) as conn:
+        gave_up = Catalogue(conn).nearest(big.query, K, ef_search=40, filters=far,
+                                          max_scan_tuples=200)
+    assert len(gave_up) < K
+    search = searcher(exact_search_rows=0, max_scan_tuples=200)
+    hits = search.by_vector(big.query, K, filters=far)
+    assert [hit.row.id for hit in hits] == exact_ids(big, "Far")
+    check_order(big, hits)
+
+
+def test_the_search_method_follows_exact_search_rows(big, searcher):
+    search = searcher(exact_search_rows=500)
+    assert search.method(Filters(camera="Rare")) == "exact"  # 200 rows
+    assert search.method(Filters(camera="Any")) == "index"  # 2,000 rows
+    assert search.method(None) == search.method(Filters()) == "index"
+    assert searcher(exact_search_rows=2000).method(Filters(camera="Any")) == "exact"
+    assert searcher(exact_search_rows=1999).method(Filters(camera="Any")) == "index"
