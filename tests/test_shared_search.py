@@ -179,16 +179,25 @@ def test_a_filter_matching_1_percent_gives_k_rows_in_the_right_order(big, search
 
 
 def test_the_index_path_keeps_scanning_until_k_rows_pass_the_filter(big, searcher):
-    search = searcher(exact_search_rows=0)  # never the exact scan
-    with connect(big.url) as conn:  # the trap: ef_search candidates, then the filter, too few
-        plain = Catalogue(conn).nearest(big.query, K, ef_search=40, filters=Filters(camera="Any"),
-                                        iterative_scan="off")
-    assert len(plain) < K
+    anything = Filters(camera="Any")
+    with connect(big.url) as conn:
+        catalogue = Catalogue(conn)
+        # The trap: ef_search candidates, then the filter, too few left.
+        assert len(catalogue.nearest(big.query, K, ef_search=40, filters=anything,
+                                     iterative_scan="off")) < K
+        # The index scan alone (no exact scan after it) goes on until K rows pass.
+        assert len(catalogue.nearest(big.query, K, ef_search=40, filters=anything)) == K
+    search = searcher(exact_search_rows=0)  # never the exact scan first
     for camera in ("Any", "Rare"):
         hits = search.by_vector(big.query, K, filters=Filters(camera=camera))
         assert len(hits) == K and {big.cameras[h.row.id - 1] for h in hits} == {camera}
         check_order(big, hits)
         assert len({h.row.id for h in hits} & set(exact_ids(big, camera))) >= 9
+    # 100 rows take several rounds of the iterative scan, which returns them only roughly in
+    # order (relaxed_order): they are sorted again.
+    many = search.by_vector(big.query, 100, filters=anything)
+    assert len(many) == 100 and {big.cameras[h.row.id - 1] for h in many} == {"Any"}
+    check_order(big, many)
 
 
 def test_when_the_index_scan_gives_up_the_exact_scan_finds_every_row(big, searcher):
