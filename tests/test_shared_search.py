@@ -187,6 +187,10 @@ def test_the_index_path_keeps_scanning_until_k_rows_pass_the_filter(big, searche
                                      iterative_scan="off")) < K
         # The index scan alone (no exact scan after it) goes on until K rows pass.
         assert len(catalogue.nearest(big.query, K, ef_search=40, filters=anything)) == K
+        # It walks the HNSW index even where the camera's btree could find the rows (and
+        # then sort every one of them, slow when many match): here that walk finds too few.
+        assert len(catalogue.nearest(big.query, K, ef_search=40, filters=Filters(camera="Rare"),
+                                     iterative_scan="off")) < K
     search = searcher(exact_search_rows=0)  # never the exact scan first
     for camera in ("Any", "Rare"):
         hits = search.by_vector(big.query, K, filters=Filters(camera=camera))

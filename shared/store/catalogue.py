@@ -271,33 +271,34 @@ class Catalogue:
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
         if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
-            found = f"""WITH scanned AS MATERIALIZED (
+            query = f"""WITH scanned AS MATERIALIZED (
                             SELECT id, embedding <=> %(q)s AS distance FROM image_embeddings
                             WHERE embedding IS NOT NULL AND {where})
-                        SELECT id, distance FROM scanned ORDER BY distance, id LIMIT %(want)s"""
+                        SELECT {IMAGE_COLUMNS}, nearest.distance
+                        FROM (SELECT id, distance FROM scanned ORDER BY distance, id
+                              LIMIT %(want)s) AS nearest
+                        JOIN image_embeddings USING (id)"""
         else:
-            found = f"""SELECT id, embedding <=> %(q)s AS distance FROM image_embeddings
-                        WHERE embedding IS NOT NULL AND {where}
+            query = f"""SELECT {IMAGE_COLUMNS}, embedding <=> %(q)s AS distance
+                        FROM image_embeddings WHERE embedding IS NOT NULL AND {where}
                         ORDER BY embedding <=> %(q)s LIMIT %(want)s"""
         with self.conn.transaction():
             self.conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
                 "set_config('hnsw.iterative_scan', %s, true), "
                 "set_config('hnsw.max_scan_tuples', %s, true), "
+                "set_config('enable_sort', %s, true), "
                 "set_config('statement_timeout', %s, true)",
                 (str(max(ef_search, want)), iterative_scan, str(int(max_scan_tuples)),
-                 str(int(timeout_ms))),
+                 # Every plan but the HNSW walk sorts. The planner would pick a filter's btree
+                 # and sort all its rows, slow when many match (and exact=False means many
+                 # do), unless sorting is its last resort.
+                 "on" if exact else "off", str(int(timeout_ms))),
             )
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
-                # relaxed_order may return neighbours slightly out of order: sort them again
-                # (+ 0: Postgres 17+ would otherwise trust the CTE's order and skip the sort).
-                rows = cur.execute(
-                    f"""WITH found AS MATERIALIZED ({found})
-                        SELECT {IMAGE_COLUMNS}, found.distance
-                        FROM found JOIN image_embeddings USING (id)
-                        ORDER BY found.distance + 0, id""",
-                    params,
-                ).fetchall()
+                rows = cur.execute(query, params).fetchall()
+        # relaxed_order gives neighbours only roughly in order; the exact scan's join in none.
+        rows.sort(key=lambda found: (found[1], found[0].id))
         return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
 
     def _rows(self) -> psycopg.Cursor[ImageRow]:
