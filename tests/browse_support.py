@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.TiffImagePlugin import IFDRational
 
 from loader.sync import run_sync
 from shared.embedders.base import ImageSource
@@ -83,6 +84,7 @@ class Picture:
     height: int
     colour: tuple[int, int, int]
     words: str | None  # None: not embedded yet
+    exif: bytes | None = None  # date taken, camera, GPS
 
 
 NAMED = [
@@ -93,6 +95,44 @@ NAMED = [
     Picture("cat.jpg", 500, 700, (120, 110, 100), "cat"),
     Picture(HOSTILE, 640, 480, (90, 90, 140), "cat sea"),
     Picture("waiting.jpg", 700, 500, (80, 80, 80), None),
+]
+
+
+def photo_exif(taken: str, offset: str | None = None, make: str | None = None,
+               model: str | None = None, gps: tuple[float, float] | None = None) -> bytes:
+    """An EXIF block as a camera writes it: DateTimeOriginal, its offset, make, model, GPS."""
+    exif = Image.Exif()
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    sub = exif.get_ifd(0x8769)
+    sub[0x9003] = taken
+    if offset:
+        sub[0x9011] = offset
+    if gps:
+        def dms(value: float) -> tuple:
+            minutes, seconds = divmod(round(abs(value) * 360_000), 6000)  # hundredths of seconds
+            return (IFDRational(int(minutes // 60)), IFDRational(int(minutes % 60)),
+                    IFDRational(int(seconds), 100))
+        exif.get_ifd(0x8825).update({1: "N" if gps[0] >= 0 else "S", 2: dms(gps[0]),
+                                     3: "E" if gps[1] >= 0 else "W", 4: dms(gps[1])})
+    return exif.tobytes()
+
+
+# Photos with what cameras record; two share one second. Values as given here, read back by
+# tests/test_browse_api.py: ROME (41.89021, 12.49223), POSITANO (40.62806, 14.48500).
+ROME, POSITANO, KYOTO = (41.89021, 12.49223), (40.62806, 14.485), (35.01160, 135.76810)
+DATED = [
+    Picture("Italy/Rome/vespa.jpg", 640, 480, (150, 120, 90), "",
+            photo_exif("2019:07:14 10:00:00", "+02:00", "FUJIFILM", "X-T3", ROME)),
+    Picture("Italy/Rome/fontana.jpg", 480, 640, (140, 130, 120), "",
+            photo_exif("2019:07:14 10:00:00", "+02:00", "FUJIFILM", "X-T3")),
+    Picture("Italy/beach.jpg", 640, 427, (90, 150, 200), "",
+            photo_exif("2019:08:02 18:30:00", None, "Apple", "iPhone X", POSITANO)),
+    Picture("Japan/kyoto.jpg", 600, 400, (120, 60, 60), "",
+            photo_exif("2018:04:01 09:15:00", "+09:00", "Apple", "iPhone X", KYOTO)),
+    Picture("Italy2/not-italy.jpg", 500, 500, (60, 60, 60), "", photo_exif("2019:07:20 12:00:00")),
 ]
 
 
@@ -133,9 +173,10 @@ def build_library(pg_url: str, root: Path, n_fillers: int = 30) -> Settings:
         conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
     images = root / "images"
     images.mkdir(parents=True)
-    pictures = fillers(n_fillers) + NAMED  # named last: every row shares one created_at, ids decide
+    pictures = DATED + fillers(n_fillers) + NAMED  # named last: their files are the newest
     for picture in pictures:
-        draw(picture).save(images / picture.name)
+        (images / picture.name).parent.mkdir(parents=True, exist_ok=True)
+        draw(picture).save(images / picture.name, **({"exif": picture.exif} if picture.exif else {}))
     settings = Settings(images_dir=images, data_dir=root / "data", database_url=pg_url)
     with connect(pg_url) as conn:
         Schema(conn).ensure(DIM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import threading
 import time
@@ -71,7 +72,7 @@ def test_list_walks_every_image_once_newest_taken_first_by_keyset(client, librar
         expected = [r[0] for r in conn.execute(
             "SELECT id FROM image_embeddings ORDER BY taken_at DESC, id DESC").fetchall()]
     assert [image["id"] for image in seen] == expected
-    assert len(expected) == 37 and pages == 6  # 37 rows in pages of 7
+    assert len(expected) == 42 and pages == 6  # 42 rows in pages of 7
 
 
 def test_keyset_cursor_is_stable_when_newer_rows_arrive(client, library):
@@ -195,7 +196,7 @@ def test_upload_page_rejects_a_text_file_named_like_an_image(client):
 
 def test_status_counts_images_waiting_for_embeddings(client):
     status = client.get("/api/status").get_json()
-    assert status["counts"]["images"] == 37 and status["counts"]["waiting"] == 1
+    assert status["counts"]["images"] == 42 and status["counts"]["waiting"] == 1
     assert status["search_available"] is True and status["warnings"] == []
     page = client.get("/status")
     assert b'id="count-waiting">1<' in page.data
@@ -268,6 +269,105 @@ def test_embedder_failure_is_503_and_never_shows_the_token(library):
 
 
 # --- media: caching, traversal ----------------------------------------------------------
+
+
+# --- photos as photos: dates, cameras, places, folders, filters (issue 10) ---------------------
+
+
+def walk(client, url: str, **params) -> list[dict]:
+    """Every image of /api/images with these parameters, page by page."""
+    seen, cursor = [], None
+    while True:
+        query = {**params, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = client.get(url, query_string=query).get_json()
+        seen += body["images"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+def test_rows_carry_date_taken_camera_place_and_folder(client):
+    images = {i["filename"]: i for i in walk(client, "/api/images")}
+    vespa = images["Italy/Rome/vespa.jpg"]
+    assert vespa["taken_at"] == "2019-07-14T10:00:00+02:00" and vespa["taken_at_is_fallback"] is False
+    assert (vespa["camera"], vespa["folder"]) == ("FUJIFILM X-T3", "Italy/Rome")
+    assert (vespa["latitude"], vespa["longitude"]) == (pytest.approx(41.89021, abs=1e-5),
+                                                       pytest.approx(12.49223, abs=1e-5))
+    assert images["Italy/beach.jpg"]["taken_at"] == "2019-08-02T18:30:00"  # no offset recorded
+    assert images["Italy/beach.jpg"]["camera"] == "Apple iPhone X"
+    cat = images["cat.jpg"]  # no EXIF: its file's date, no camera, no place, the top folder
+    assert cat["taken_at_is_fallback"] is True and cat["taken_at"]
+    assert (cat["camera"], cat["latitude"], cat["longitude"], cat["folder"]) == (None, None, None, "")
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"folder": "Italy"}, {"Italy/Rome/vespa.jpg", "Italy/Rome/fontana.jpg", "Italy/beach.jpg"}),
+    ({"folder": "Italy/Rome/"}, {"Italy/Rome/vespa.jpg", "Italy/Rome/fontana.jpg"}),
+    ({"camera": "Apple iPhone X"}, {"Italy/beach.jpg", "Japan/kyoto.jpg"}),
+    ({"has_location": "true", "taken_before": "2018-12-31"}, {"Japan/kyoto.jpg"}),
+    ({"taken_after": "2019-07-14", "taken_before": "2019-07-20"},
+     {"Italy/Rome/vespa.jpg", "Italy/Rome/fontana.jpg", "Italy2/not-italy.jpg"}),
+    ({"folder": "Italy", "has_location": "false"}, {"Italy/Rome/fontana.jpg"}),
+    ({"camera": "FUJIFILM X-T3", "taken_after": "2019-07-15"}, set()),
+])
+def test_filters_combine_and_every_page_holds_to_them(client, params, expected):
+    seen = walk(client, "/api/images", **params)
+    assert [i["filename"] for i in seen if i["filename"] in expected] == [i["filename"] for i in seen]
+    assert {i["filename"] for i in seen} == expected and len(seen) == len(expected)
+    taken = [(i["taken_at"][:19], i["id"]) for i in seen]
+    assert taken == sorted(taken, reverse=True)  # newest taken first, ties by id
+
+
+def test_the_timeline_is_newest_taken_first_with_ties_in_id_order(client):
+    seen = walk(client, "/api/images")
+    rome = [i for i in seen if i["folder"] == "Italy/Rome"]  # both taken 2019-07-14 10:00:00
+    assert [i["id"] for i in rome] == sorted((i["id"] for i in rome), reverse=True)
+    order = [i["filename"] for i in seen if i["taken_at_is_fallback"] is False]
+    assert order == ["Italy/beach.jpg", "Italy2/not-italy.jpg", *[i["filename"] for i in rome],
+                     "Japan/kyoto.jpg"]
+
+
+def test_filters_narrow_text_search_similar_images_and_search_by_image(client):
+    found = client.get("/api/search?q=red+bicycle+snow&k=10&folder=Italy").get_json()
+    assert {r["folder"] for r in found["results"]} == {"Italy", "Italy/Rome"}
+    assert len(found["results"]) == 3 and found["filters"] == {"folder": "Italy"}
+    ids = ids_by_name(client)
+    similar = client.get(f"/api/images/{ids['red-car.jpg']}/similar?k=10&camera=Apple+iPhone+X")
+    assert {r["filename"] for r in similar.get_json()["results"]} == {"Italy/beach.jpg", "Japan/kyoto.jpg"}
+    upload = client.post("/api/search/image?has_location=true",
+                         data={"image": (io.BytesIO(png_bytes((20, 60, 220))), "q.png")})
+    assert {r["filename"] for r in upload.get_json()["results"]} == {
+        "Italy/Rome/vespa.jpg", "Italy/beach.jpg", "Japan/kyoto.jpg"}
+    form = client.post("/api/search/image", data={"image": (io.BytesIO(png_bytes((20, 60, 220))), "q.png"),
+                                                  "folder": "Japan"})
+    assert [r["filename"] for r in form.get_json()["results"]] == ["Japan/kyoto.jpg"]
+
+
+@pytest.mark.parametrize("query", [
+    "taken_after=yesterday", "taken_after=2019-13-01", "taken_before=2019-02-30", "taken_after=2019-1-1",
+    "taken_after=%D9%A2%D9%A0%D9%A1%D9%A9-01-01",  # Arabic-Indic digits
+    "taken_after=2020-01-01&taken_before=2019-01-01", "has_location=maybe", "folder=a%00b",
+    "camera=%00", "folder=" + "x" * 1001, "cursor=u.1&taken_after=0000-01-01",
+])
+def test_bad_filters_are_400s_naming_the_parameter(client, query):
+    for url in ("/api/images", "/api/search?q=cat", "/", "/?q=cat", "/folders", "/api/folders"):
+        response = client.get(f"{url}{'&' if '?' in url else '?'}{query}")
+        assert response.status_code == 400, (url, query)
+        name = query.split("=")[0] if "cursor" not in query else "taken_after"
+        assert name in response.get_data(as_text=True), (url, query)
+
+
+def test_folders_are_albums_with_counts_and_covers(client):
+    top = client.get("/api/folders").get_json()
+    by_name = {f["name"]: f for f in top["folders"]}
+    assert {n: f["images"] for n, f in by_name.items()} == {"Italy": 3, "Italy2": 1, "Japan": 1}
+    assert by_name["Italy"]["cover"]["filename"] == "Italy/beach.jpg"  # the newest taken
+    assert top["images_here"] == 37
+    rome = client.get("/api/folders?folder=Italy").get_json()
+    assert [(f["name"], f["folder"], f["images"]) for f in rome["folders"]] == [("Rome", "Italy/Rome", 2)]
+    assert rome["images_here"] == 1
+    cameras = client.get("/api/cameras").get_json()["cameras"]
+    assert cameras == [{"camera": "Apple iPhone X", "images": 2}, {"camera": "FUJIFILM X-T3", "images": 2}]
 
 
 def test_thumbnails_are_cacheable_forever_by_content_hash(client):
@@ -400,3 +500,4 @@ def test_each_request_gives_its_connection_back(app):
         client.get(url)
         stats = pool.get_stats()
         assert stats["pool_size"] - stats["pool_available"] == 0, url  # nothing still lent out
+

@@ -17,7 +17,7 @@ from browse import create_app
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 PAGE_SIZE = 12
-TOTAL = 37
+TOTAL = 42
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 

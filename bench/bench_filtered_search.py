@@ -1,0 +1,390 @@
+"""Benchmark filtered search and the timeline on a 100,000-photo library (run by hand).
+
+    PYTHONPATH=. python bench/bench_filtered_search.py [--rows 100000] [--queries 200] [--reuse]
+
+Builds a library whose dates, folders, cameras and positions come in events (a day of phone
+photos, a trip, a box of scans) and whose CLIP-like vectors are correlated with them (an event
+shows a few subjects), loads it with binary COPY into an embedded Postgres under bench/out/
+(or BENCH_DB_URL) and builds the HNSW index. Then, for filters matching about 1 %, 10 % and
+50 % of the rows (a span of days, a folder, a camera, combinations), it times text-query-like
+searches (k = 10; half about a subject the filtered photos show, half about any subject) three
+ways: the exact scan of the matching rows, the HNSW index with pgvector's iterative scan
+(relaxed order; and once without iterative scans, to show what they save), and what the app does (`Search.by_vector`: exact when at most
+`exact_search_rows` rows match, else the index, and exact again if the index gave fewer than
+k); recall@10 is against the exact scan. Last, the server time of timeline pages, the deepest
+included, and of the folders and cameras lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+from shared.database import start_embedded  # noqa: E402
+from shared.search import Search  # noqa: E402
+from shared.settings import Settings, WebSettings  # noqa: E402
+from shared.store import (  # noqa: E402
+    BulkImage, Catalogue, Filters, Schema, connect, copy_images, open_pool,
+)
+
+OUT = ROOT / "bench" / "out"
+DIM = 768
+K = 10
+PHONES = [(2005, "Nokia N70"), (2008, "Apple iPhone 3G"), (2011, "Apple iPhone 4S"),
+          (2014, "Apple iPhone 6"), (2017, "Apple iPhone X"), (2020, "Google Pixel 5"),
+          (2022, "Apple iPhone 14 Pro")]
+CAMERAS = ["Canon EOS 40D", "NIKON D750", "SONY ILCE-7M3", "FUJIFILM X-T3", "Canon PowerShot G7 X"]
+PLACES = [("Italy", 43.77, 11.25), ("Japan", 35.68, 139.69), ("Norway", 60.39, 5.32),
+          ("Peru", -13.53, -71.97), ("Morocco", 31.63, -8.0), ("Iceland", 64.15, -21.94),
+          ("Portugal", 38.72, -9.14), ("Canada", 49.28, -123.12), ("Greece", 37.98, 23.73),
+          ("Kenya", -1.29, 36.82), ("Scotland", 55.95, -3.19), ("Chile", -33.45, -70.67)]
+HOME = (48.85, 2.35)
+# Share of the photos of each kind of event.
+KINDS = {"phone": 0.50, "trip": 0.25, "family": 0.15, "scans": 0.05, "screenshots": 0.05}
+START, END = datetime(2005, 1, 1), datetime(2026, 10, 31)
+
+
+@dataclass
+class Photo:
+    """One generated photo's metadata and its subject (topic, scene)."""
+
+    filename: str
+    taken_at: datetime
+    fallback: bool
+    camera: str | None
+    latitude: float | None
+    longitude: float | None
+    topic: int
+    scene: int
+
+
+# --- the library ---------------------------------------------------------------------------
+
+
+def event_dates(count: int, rng: np.random.Generator) -> list[datetime]:
+    """Event starts over 2005-2026, more of them in later years (phones took more photos)."""
+    span = (END - START).total_seconds()
+    where = np.sqrt(rng.uniform(size=count))  # density grows linearly with time
+    return sorted(START + timedelta(seconds=float(x * span)) for x in where)
+
+
+def phone_for(year: int) -> str:
+    """The phone a person had that year."""
+    return [name for since, name in PHONES if since <= year][-1]
+
+
+def generate(n: int, rng: np.random.Generator, topics: int = 1000, scenes: int = 20) -> list[Photo]:
+    """n photos in events; each event shows 1-3 subjects, bursts share one second."""
+    weights = 1.0 / np.arange(1, topics + 1) ** 0.8
+    weights /= weights.sum()
+    photos: list[Photo] = []
+    for kind, share in KINDS.items():
+        budget = int(n * share) if kind != "screenshots" else n - len(photos)  # the remainder
+        sizes = []
+        while sum(sizes) < budget:
+            sizes.append(int(np.clip(rng.lognormal(3.0, 1.1), 1, 3000)))
+        sizes[-1] -= sum(sizes) - budget
+        for number, (size, start) in enumerate(zip(sizes, event_dates(len(sizes), rng))):
+            photos += event(kind, number, size, start, rng, weights, scenes)
+    return photos
+
+
+def event(kind: str, number: int, size: int, start: datetime, rng: np.random.Generator,
+          weights: np.ndarray, scenes: int) -> list[Photo]:
+    """The photos of one event: where they go, when, with what camera, of what."""
+    subjects = rng.choice(len(weights), size=int(rng.integers(1, 4)), p=weights)
+    hours = {"phone": 10, "trip": 24 * 12, "family": 5, "scans": 0.5, "screenshots": 24 * 30}[kind]
+    offsets = np.sort(rng.uniform(0, hours * 3600, size=size))
+    burst = rng.uniform(size=size) < 0.2  # burst shots share the second of the one before
+    for i in range(1, size):
+        if burst[i]:
+            offsets[i] = offsets[i - 1]
+    place = PLACES[number % len(PLACES)]
+    camera = CAMERAS[number % len(CAMERAS)] if kind == "trip" and rng.uniform() < 0.6 else None
+    out = []
+    for i in range(size):
+        taken = (start + timedelta(seconds=float(offsets[i]))).replace(microsecond=0)
+        topic = int(rng.choice(subjects))
+        folder, model, position = where_and_what(kind, number, start, taken, camera, place, rng)
+        out.append(Photo(f"{folder}/IMG_{number:05d}_{i:04d}.jpg", taken,
+                         kind in ("scans", "screenshots"), model, *position,
+                         topic, topic * scenes + int(rng.integers(0, scenes))))
+    return out
+
+
+def where_and_what(kind, number, start, taken, camera, place, rng):
+    """(folder, camera, (lat, lon)) of one photo of an event."""
+    if kind == "scans":
+        return f"Scans/box {number:03d}", None, (None, None)
+    if kind == "screenshots":
+        return "Screenshots", None, (None, None)
+    model = camera or phone_for(taken.year)
+    located = model in [p for _, p in PHONES] and rng.uniform() < 0.85
+    if kind == "trip":
+        day = (taken - start).days + 1
+        folder = f"Trips/{start.year} {place[0]}/day {day:02d}"
+        centre = place[1:]
+    else:
+        folder = (f"Phone/{taken.year}/{taken:%Y-%m}" if kind == "phone"
+                  else f"Family/{start.year}/event {number:04d}")
+        centre = HOME
+    if not located:
+        return folder, model, (None, None)
+    return folder, model, tuple(float(c + rng.normal(0, 0.05)) for c in centre)
+
+
+def vectors_for(photos: list[Photo], rng: np.random.Generator, topics: int = 1000,
+                scenes: int = 20) -> tuple[np.ndarray, tuple]:
+    """CLIP-like unit vectors (as bench_search.py makes them), each photo's subject its own."""
+    common = _unit(rng.normal(size=DIM))
+    centres = _unit(rng.normal(size=(topics, DIM)))
+    scene_dirs = _unit(rng.normal(size=(topics * scenes, DIM))).astype(np.float32)
+    topic = np.array([p.topic for p in photos])
+    scene = np.array([p.scene for p in photos])
+    noise = rng.normal(size=(len(photos), DIM)).astype(np.float32) / np.sqrt(DIM)
+    vectors = 0.7 * common + 0.7 * centres[topic] + 0.55 * scene_dirs[scene] + 0.35 * noise
+    return _unit(vectors).astype(np.float32), (common, centres)
+
+
+def query_vector(topic: int, rng: np.random.Generator, basis) -> np.ndarray:
+    """A text-query-like vector about one subject (nearer it than the shared direction)."""
+    common, centres = basis
+    noise = rng.normal(size=DIM) / np.sqrt(DIM)
+    return _unit(0.4 * common + 0.8 * centres[topic] + 0.7 * noise).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def load(url: str, photos: list[Photo], vectors: np.ndarray) -> dict:
+    """Fresh table, binary COPY of every row (in random order, as syncs add them), the index."""
+    with connect(url) as conn:
+        schema = Schema(conn)
+        schema.drop()
+        schema.ensure(DIM)
+        schema.drop_vector_index()
+        started = time.perf_counter()
+        added = datetime.now(timezone.utc)
+        copy_images(conn, (
+            BulkImage(i + 1, p.filename, 4032, 3024, 3_000_000, f"{i:064x}", "JPEG", 0, None,
+                      vectors[i], "bench/clustered", added, added, p.taken_at, p.fallback,
+                      p.camera, p.latitude, p.longitude)
+            for i, p in enumerate(photos)))
+        copied = time.perf_counter() - started
+        started = time.perf_counter()
+        schema.build_vector_index(maintenance_work_mem="2GB")
+        return {"copy_s": copied, "index_s": time.perf_counter() - started}
+
+
+# --- the filters ---------------------------------------------------------------------------
+
+
+def pick_filters(photos: list[Photo], rng: np.random.Generator) -> list[tuple[str, Filters]]:
+    """(label, filters) matching about 1, 2, 5, 10, 20 and 50 % of the rows."""
+    n = len(photos)
+    days = np.sort(np.array([p.taken_at.date().toordinal() for p in photos]))
+    chosen = []
+    for share in (0.01, 0.02, 0.05, 0.10, 0.20, 0.50):
+        want = int(n * share)
+        first = int(rng.integers(0, n - want))
+        span = (date.fromordinal(int(days[first])), date.fromordinal(int(days[first + want - 1])))
+        chosen.append((f"days {span[0]} to {span[1]}", Filters(taken_after=span[0], taken_before=span[1])))
+    folders: dict[str, int] = {}
+    for p in photos:
+        parts = p.filename.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folders["/".join(parts[:depth])] = folders.get("/".join(parts[:depth]), 0) + 1
+    cameras: dict[str, int] = {}
+    for p in photos:
+        cameras[p.camera or ""] = cameras.get(p.camera or "", 0) + 1
+    for share in (0.01, 0.10, 0.50):
+        folder = min(folders, key=lambda f: abs(folders[f] - share * n))
+        chosen.append((f"folder {folder!r}", Filters(folder=folder)))
+    camera = min((c for c in cameras if c), key=lambda c: abs(cameras[c] - 0.01 * n))
+    chosen.append((f"camera {camera!r}", Filters(camera=camera)))
+    phones = [name for _, name in PHONES if name in cameras]
+    camera = min(phones, key=lambda c: abs(cameras[c] * 0.85 - 0.10 * n))
+    chosen.append((f"camera {camera!r} with a place", Filters(camera=camera, has_location=True)))
+    chosen.append(("with a place", Filters(has_location=True)))
+    year = Filters(taken_after=date(2019, 1, 1), taken_before=date(2019, 12, 31), folder="Trips")
+    chosen.append(("folder 'Trips' in 2019", year))
+    return chosen
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: int) -> float:
+    return float(np.percentile(np.array(values) * 1000, p))
+
+
+def timed(work, runs) -> tuple[list, list[float]]:
+    """work(x) for each x, and how long each took."""
+    results, times = [], []
+    for x in runs:
+        started = time.perf_counter()
+        results.append(work(x))
+        times.append(time.perf_counter() - started)
+    return results, times
+
+
+def measure_filter(pool, search: Search, queries: list[np.ndarray], filters: Filters) -> dict:
+    """Latency, recall@10 and rows returned for the exact scan, the index and the app."""
+    with pool.connection() as conn:
+        catalogue = Catalogue(conn)
+        matching = catalogue.count_matching(filters, 10**9)
+        exact, t_exact = timed(lambda q: catalogue.nearest(q, K, ef_search=search.ef_search,
+                                                           filters=filters, exact=True,
+                                                           timeout_ms=600_000), queries)
+        index, t_index = timed(lambda q: catalogue.nearest(
+            q, K, ef_search=search.ef_search, filters=filters,
+            max_scan_tuples=search.max_scan_tuples), queries)
+        plain, _ = timed(lambda q: catalogue.nearest(
+            q, K, ef_search=search.ef_search, filters=filters, iterative_scan="off"), queries)
+    app, t_app = timed(lambda q: search.by_vector(q, K, filters=filters), queries)
+    truth = [[r.id for r, _ in found] for found in exact]
+
+    def recall(found, part=slice(None)) -> float:
+        ids = [[item.row.id if hasattr(item, "row") else item[0].id for item in f] for f in found]
+        pairs = list(zip(ids, truth))[part]
+        return sum(len(set(a) & set(t)) for a, t in pairs) / max(1, sum(len(t) for _, t in pairs))
+
+    def rows(found) -> int:
+        return min(len(f) for f in found)
+
+    return {
+        "matching": matching, "method": search.method(filters),
+        "exact": {"p50": pct(t_exact, 50), "p95": pct(t_exact, 95), "recall": 1.0, "min_rows": rows(exact)},
+        "index": {"p50": pct(t_index, 50), "p95": pct(t_index, 95), "recall": recall(index),
+                  "recall_inside": recall(index, slice(0, None, 2)),
+                  "recall_outside": recall(index, slice(1, None, 2)), "min_rows": rows(index)},
+        "no_iterative": {"recall": recall(plain), "min_rows": rows(plain)},
+        "app": {"p50": pct(t_app, 50), "p95": pct(t_app, 95), "recall": recall(app), "min_rows": rows(app)},
+    }
+
+
+def queries_for(photos, filters: Filters, rng, basis, count: int) -> list[np.ndarray]:
+    """Half about a subject the filtered photos show, half about any subject at all."""
+    inside = [p.topic for p in photos if matches(p, filters)]
+    topics = [int(rng.choice(inside)) if i % 2 == 0 and inside else int(rng.integers(0, 1000))
+              for i in range(count)]
+    return [query_vector(t, rng, basis) for t in topics]
+
+
+def matches(p: Photo, f: Filters) -> bool:
+    """Whether a generated photo passes the filters (the same rules as the SQL)."""
+    day = p.taken_at.date()
+    return ((f.folder is None or p.filename.startswith(f.folder + "/"))
+            and (f.taken_after is None or day >= f.taken_after)
+            and (f.taken_before is None or day <= f.taken_before)
+            and (f.camera is None or p.camera == f.camera)
+            and (f.has_location is None or (p.latitude is not None) == f.has_location))
+
+
+def page_times(settings: Settings, filters_list: list[tuple[str, dict]], runs: int = 40) -> dict:
+    """Server time of timeline pages (first and deepest), folders and cameras (test client)."""
+    from browse import create_app
+
+    app = create_app(settings, embedder=None)
+    client = app.test_client()
+    out = {}
+    try:
+        for label, args in filters_list:
+            cursor, pages, started = None, 0, time.perf_counter()
+            while True:  # walk to the last page by cursor, as infinite scroll would
+                query = {**args, "limit": 200, **({"cursor": cursor} if cursor else {})}
+                body = client.get("/api/images", query_string=query).get_json()
+                pages += 1
+                if body["next_cursor"] is None:
+                    break
+                deepest, cursor = cursor, body["next_cursor"]
+            walked = time.perf_counter() - started
+            for name, query in ((f"{label}: first page `/`", args),
+                                (f"{label}: deepest page (`/?cursor=`, after {pages - 1} × 200 rows)",
+                                 {**args, "cursor": deepest})):
+                _, times = timed(lambda _: client.get("/", query_string=query), range(runs))
+                out[name] = {"p50": pct(times, 50), "p95": pct(times, 95)}
+            out[f"{label}: walking all {pages} API pages of 200"] = {"total_s": walked}
+        for name, url in (("folders page `/folders`", "/folders"),
+                          ("`/api/folders?folder=Trips`", "/api/folders?folder=Trips"),
+                          ("`/api/cameras`", "/api/cameras")):
+            _, times = timed(lambda _: client.get(url), range(runs))
+            out[name] = {"p50": pct(times, 50), "p95": pct(times, 95)}
+    finally:
+        app.extensions["image_browser"].close()
+    return out
+
+
+@contextmanager
+def load_average():
+    """uptime's 1-minute load average before and after the block, for the report."""
+    before = os.getloadavg()[0]
+    seen = {}
+    yield seen
+    seen["load"] = (before, os.getloadavg()[0])
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--reuse", action="store_true", help="keep the table of the last run")
+    args = parser.parse_args()
+    rng = np.random.default_rng(2026)
+    OUT.mkdir(parents=True, exist_ok=True)
+    url = os.environ.get("BENCH_DB_URL") or start_embedded(OUT / "postgres")
+    photos = generate(args.rows, rng)
+    vectors, basis = vectors_for(photos, rng)
+    timings_file = OUT / f"filtered-load-{args.rows}.json"
+    if args.reuse and timings_file.exists():
+        load_t = json.loads(timings_file.read_text())
+    else:
+        load_t = load(url, photos, vectors)
+        timings_file.write_text(json.dumps(load_t))
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; loaded {args.rows:,} rows: {load_t}", flush=True)
+    web = WebSettings()
+    pool = open_pool(url, size=2)
+    search = Search(pool.connection, None, expected_dimensions=DIM, ef_search=web.hnsw_ef_search,
+                    exact_search_rows=web.exact_search_rows, max_scan_tuples=web.hnsw_max_scan_tuples)
+    results = {}
+    with load_average() as searches:
+        for label, filters in pick_filters(photos, rng):
+            queries = queries_for(photos, filters, rng, basis, args.queries)
+            results[label] = measure_filter(pool, search, queries, filters)
+            print(f"{label}: {json.dumps(results[label])}", flush=True)
+    pool.close()
+    settings = Settings(images_dir=OUT / "images", data_dir=OUT / "data", database_url=url)
+    with load_average() as pages:
+        times = page_times(settings, [("timeline", {}), ("folder 'Trips'", {"folder": "Trips"})])
+    for label, t in times.items():
+        print(f"{label}: {json.dumps(t)}", flush=True)
+    print(json.dumps({"search_load": searches["load"], "pages_load": pages["load"],
+                      "cpu": cpu_name(), "results": results, "pages": times}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
