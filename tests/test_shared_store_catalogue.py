@@ -1,8 +1,12 @@
 """The catalogue: sync's writes and the reads of pages and search."""
 
-import numpy as np
+from datetime import date, datetime, timedelta
 
-from shared.store import ImageRecord
+import numpy as np
+import pytest
+
+from shared.photo_metadata import PhotoMetadata
+from shared.store import Filters, ImageRecord
 
 
 def record(name: str, sha: str = "a" * 64, **kw) -> ImageRecord:
@@ -54,3 +58,142 @@ def test_nearest_orders_by_cosine_and_leaves_out_the_query_image(catalogue, conn
     first = catalogue.get_image_by_filename("0.png")
     assert [r.filename for r, _ in catalogue.nearest(axes[0], 2, ef_search=40, exclude_id=first.id)] \
         == ["1.png", "2.png"]
+
+
+# --- the timeline, folders, cameras (issue 10) --------------------------------------------
+
+
+def dated(taken: datetime | None, camera: str | None = None, place: bool = False):
+    """Metadata as sync reads it (None: a row sync has not dated yet)."""
+    if taken is None:
+        return None
+    return PhotoMetadata(taken_at=taken, taken_offset_minutes=None, taken_at_is_fallback=False,
+                         camera_model=camera, latitude=1.0 if place else None,
+                         longitude=2.0 if place else None)
+
+
+def timeline_rows(catalogue) -> list:
+    """Rows with many sharing one instant, some a microsecond apart, and some undated;
+    inserted in random order so that ids and dates disagree."""
+    same = datetime(2020, 5, 5, 12, 0)
+    when = [same] * 30 + [same + timedelta(microseconds=i + 1) for i in range(5)]
+    when += [same - timedelta(days=i + 1) for i in range(5)] + [None] * 7
+    order = np.random.default_rng(3).permutation(len(when))
+    catalogue.upsert_images([
+        record(f"p{i:02d}.jpg", sha=f"{i:064x}", metadata=dated(when[i], "Cam" if i % 3 else None))
+        for i in order
+    ])
+    rows = {r.filename: r for r in catalogue.get_images(list(range(1, len(when) + 1)))}
+    # The expected order: newest taken first, ties by id (newest row first), undated last.
+    return sorted(rows.values(), key=lambda r: (r.taken_at is None, r.taken_at and -r.taken_at.timestamp(), -r.id))
+
+
+def walk(catalogue, size: int, filters=None) -> list:
+    seen, key = [], None
+    while True:
+        page = catalogue.list_images(size, key, filters)
+        seen += page
+        if len(page) < size:
+            return seen
+        key = (page[-1].taken_at, page[-1].id)
+
+
+@pytest.mark.parametrize("size", [1, 4, 7, 30, 100])
+def test_timeline_pages_never_skip_or_repeat_a_photo_when_many_share_a_timestamp(catalogue, size):
+    expected = [r.id for r in timeline_rows(catalogue)]
+    assert [r.id for r in walk(catalogue, size)] == expected
+    cams = [r.id for r in walk(catalogue, size, Filters(camera="Cam"))]
+    assert cams == [i for i in expected if catalogue.get_image(i).camera == "Cam"]
+
+
+def test_neighbours_follow_the_timeline_across_ties_and_undated_rows(catalogue):
+    order = [r.id for r in timeline_rows(catalogue)]
+    for i, image_id in enumerate(order):
+        newer = order[i - 1] if i > 0 else None
+        older = order[i + 1] if i + 1 < len(order) else None
+        assert catalogue.neighbours_in_order(image_id) == (newer, older), i
+    cams = [i for i in order if catalogue.get_image(i).camera == "Cam"]
+    assert catalogue.neighbours_in_order(cams[1], Filters(camera="Cam")) == (cams[0], cams[2])
+    assert catalogue.neighbours_in_order(10**9) == (None, None)
+
+
+def test_folders_count_their_subtree_and_take_the_newest_photo_with_a_thumbnail(catalogue):
+    t = datetime(2021, 1, 1)
+    catalogue.upsert_images([
+        record("top.jpg", sha="1" * 64, thumbnail_key="t", metadata=dated(t)),
+        record("Été 2019/a.jpg", sha="2" * 64, thumbnail_key="t", metadata=dated(t)),
+        record("Été 2019/jour 2/b.jpg", sha="3" * 64, thumbnail_key="t", metadata=dated(t + timedelta(days=1))),
+        record("Été 2019/jour 2/c.jpg", sha="4" * 64, metadata=dated(t + timedelta(days=2))),  # no thumbnail
+        record("Été 20190/d.jpg", sha="5" * 64, thumbnail_key="t", metadata=dated(t)),
+    ])
+    ids = {r.filename: r.id for r in catalogue.list_images(10)}
+    top = {f.name: (f.images, f.cover_id) for f in catalogue.folders(None)}
+    assert top == {"Été 2019": (3, ids["Été 2019/jour 2/b.jpg"]), "Été 20190": (1, ids["Été 20190/d.jpg"]),
+                   None: (1, ids["top.jpg"])}
+    inner = {f.name: f.images for f in catalogue.folders("Été 2019")}
+    assert inner == {"jour 2": 2, None: 1}
+    assert [(f.name, f.images) for f in catalogue.folders("Été 2019/jour 2")] == [(None, 2)]
+    assert catalogue.folders("nowhere") == []
+
+
+def test_cameras_most_used_first_and_counts_stop_at_the_cap(catalogue, conn):
+    timeline_rows(catalogue)
+    assert catalogue.cameras() == [("Cam", 26)]  # i % 3 != 0, among the 40 dated rows
+    conn.execute("UPDATE image_embeddings SET embedding = %s", (np.ones(768, np.float32),))
+    assert catalogue.count_matching(Filters(camera="Cam"), 1000) == 26
+    assert catalogue.count_matching(Filters(camera="Cam"), 10) == 10
+    assert catalogue.count_matching(None, 5) == 5
+
+
+def test_metadata_is_kept_by_a_record_without_it_and_replaced_by_a_touch(catalogue):
+    taken = dated(datetime(2001, 2, 3), "Cam", place=True)
+    catalogue.upsert_images([record("a.jpg", metadata=taken)])
+    assert catalogue.known_files()["a.jpg"].has_metadata
+    catalogue.upsert_images([record("a.jpg", width=9)])  # e.g. a benchmark's own upsert
+    row = catalogue.get_image_by_filename("a.jpg")
+    assert (row.width, row.taken_at, row.camera, row.latitude) == (9, datetime(2001, 2, 3), "Cam", 1.0)
+    later = dated(datetime(2002, 2, 3))
+    catalogue.touch_files([("a.jpg", 10, 5, later)])
+    row = catalogue.get_image_by_filename("a.jpg")
+    assert (row.taken_at, row.camera, row.latitude, row.mtime_ns) == (datetime(2002, 2, 3), None, None, 5)
+    catalogue.upsert_images([record("new.jpg")])
+    assert not catalogue.known_files()["new.jpg"].has_metadata
+
+
+def scans(conn) -> dict[str, int]:
+    """How often the table was read sequentially ("seq") and through each of its indexes
+    (this backend's counts flushed first)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    counts = dict(conn.execute(
+        "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes WHERE relname = 'image_embeddings'"
+    ).fetchall())
+    counts["seq"] = conn.execute(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'image_embeddings'").fetchone()[0]
+    return counts
+
+
+@pytest.mark.parametrize("read, index", [
+    (lambda c: c.list_images(5), "image_embeddings_taken_idx"),
+    (lambda c: c.list_images(5, (datetime(2020, 5, 5, 12), 20)), "image_embeddings_taken_idx"),
+    (lambda c: c.list_images(5, (None, 20)), None),  # None: the planner's pick of indexes
+    (lambda c: c.list_images(5, None, Filters(camera="Cam")), "image_embeddings_camera_idx"),
+    (lambda c: c.list_images(5, None, Filters(has_location=True)), "image_embeddings_located_idx"),
+    (lambda c: c.list_images(5, None, Filters(folder="p")), "image_embeddings_filename_c_idx"),
+    (lambda c: c.count_matching(Filters(taken_after=date(2020, 5, 5)), 10), None),
+    (lambda c: c.neighbours_in_order(3), "image_embeddings_taken_idx"),
+    (lambda c: c.nearest(np.ones(768, np.float32), 3, ef_search=40, filters=Filters(camera="Cam")),
+     "image_embeddings_embedding_hnsw"),
+])
+def test_each_read_can_be_served_by_its_index(catalogue, conn, read, index):
+    """For issue 11's million rows: with sequential scans ruled out, each read walks its index."""
+    timeline_rows(catalogue)
+    catalogue.upsert_images([record("p/x.jpg", sha="e" * 64, metadata=dated(datetime(2020, 1, 1)))])
+    conn.execute("UPDATE image_embeddings SET embedding = %s, "
+                 "latitude = CASE WHEN id %% 2 = 0 THEN 1 END, longitude = 1", (np.ones(768, np.float32),))
+    conn.execute("ANALYZE image_embeddings")
+    conn.execute("SET enable_seqscan = off")
+    before = scans(conn)
+    read(catalogue)
+    after = scans(conn)
+    assert after["seq"] == before["seq"]  # enable_seqscan=off still scans when nothing else can
+    assert index is None or after[index] > before[index]
