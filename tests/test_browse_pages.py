@@ -139,6 +139,9 @@ def test_infinite_scroll_loads_every_page_without_originals(server, watched):
     page.wait_for_selector("#end")
     ids = page.eval_on_selector_all("#grid > .box", "b => b.map(x => x.dataset.id)")
     assert len(ids) == TOTAL and len(set(ids)) == TOTAL
+    months = page.eval_on_selector_all("#grid > .month", "h => h.map(x => x.dataset.month)")
+    assert months == sorted(set(months), reverse=True)  # newest first, none repeated across pages
+    assert months[-3:] == ["2019-08", "2019-07", "2018-04"]
     for box in box_geometry(page):
         assert box["width"] / box["height"] == pytest.approx(box["w"] / box["h"], rel=0.01)
     shot(watched, "scrolled")
@@ -219,3 +222,83 @@ def test_hostile_file_name_shows_as_text(server, watched):
     assert page.title().startswith(HOSTILE)
     assert page.query_selector("img[src='x']") is None
     shot(watched, "hostile")
+
+
+def captions(page) -> list[str]:
+    return page.eval_on_selector_all("#grid > .box .caption", "c => c.map(x => x.textContent)")
+
+
+def query_of(page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query, keep_blank_values=True)
+
+
+def test_filters_live_in_the_url_as_removable_chips_and_the_back_button_works(server, watched):
+    page = watched.page
+    page.goto(server + "/")
+    page.click(".filters summary")
+    page.select_option("#camera", "FUJIFILM X-T3")
+    page.click("#filter-form button")
+    page.wait_for_selector("#chips")
+    assert query_of(page) == {"camera": ["FUJIFILM X-T3"]}  # empty fields left out
+    assert sorted(captions(page)) == ["Italy/Rome/fontana.jpg", "Italy/Rome/vespa.jpg"]
+    page.select_option("#has-location", "true")
+    page.click("#filter-form button")
+    page.wait_for_selector("#clear-filters")
+    assert captions(page) == ["Italy/Rome/vespa.jpg"]
+    shot(watched, "filters")
+    page.click("a.chip[data-filter='camera']")  # remove one filter, keep the other
+    page.wait_for_url(re.compile(r"has_location=true$"))
+    assert sorted(captions(page)) == ["Italy/Rome/vespa.jpg", "Italy/beach.jpg", "Japan/kyoto.jpg"]
+    page.go_back()
+    page.wait_for_selector("#clear-filters")
+    assert query_of(page) == {"camera": ["FUJIFILM X-T3"], "has_location": ["true"]}
+    assert captions(page) == ["Italy/Rome/vespa.jpg"]
+    page.go_back()
+    page.wait_for_function("() => !document.getElementById('clear-filters')")
+    assert query_of(page) == {"camera": ["FUJIFILM X-T3"]} and len(captions(page)) == 2
+    page.fill(".search input", "red bicycle snow")  # a search keeps the filters
+    page.press(".search input", "Enter")
+    page.wait_for_selector(".sim")
+    assert query_of(page)["camera"] == ["FUJIFILM X-T3"]
+    assert sorted(captions(page)) == ["Italy/Rome/fontana.jpg", "Italy/Rome/vespa.jpg"]
+    page.click("a.chip[data-filter='camera']")
+    page.wait_for_selector(".sim")
+    assert captions(page)[0] == "red-bicycle-snow.jpg"
+
+
+def test_folders_are_albums_and_the_image_page_says_when_where_and_with_what(server, watched):
+    page = watched.page
+    page.goto(server + "/folders")
+    albums = page.eval_on_selector_all(".album", "a => a.map(x => [x.dataset.folder, x.querySelector('.album-count').textContent])")
+    assert albums == [["Italy", "3 photos"], ["Italy2", "1 photo"], ["Japan", "1 photo"]]
+    page.wait_for_function("() => [...document.querySelectorAll('.album img')].every(i => i.complete && i.naturalWidth > 0)")
+    shot(watched, "folders")
+    page.click(".album[data-folder='Italy']")
+    page.wait_for_selector("#albums")
+    assert query_of(page) == {"folder": ["Italy"]} and len(captions(page)) == 3
+    page.click(".album[data-folder='Italy/Rome']")
+    page.wait_for_url(re.compile(r"folder=Italy(/|%2F)Rome$"))
+    assert sorted(captions(page)) == ["Italy/Rome/fontana.jpg", "Italy/Rome/vespa.jpg"]
+    page.click("#grid > .box:has(.caption:text-is('Italy/Rome/vespa.jpg'))")
+    page.wait_for_selector("#filename")
+    assert page.text_content("#crumbs").split() == ["All", "folders", "›", "Italy", "›", "Rome", "›", "vespa.jpg"]
+    assert page.text_content("#taken") == "2019-07-14 10:00:00 (UTC+02:00)"
+    assert page.text_content("#camera-name") == "FUJIFILM X-T3"
+    assert page.text_content("#place").startswith("41.89021° N, 12.49223° E")
+    link = urlsplit(page.get_attribute("#map", "href"))
+    assert (link.scheme, link.netloc) == ("https", "www.openstreetmap.org")
+    at = parse_qs(link.query)
+    assert (float(at["mlat"][0]), float(at["mlon"][0])) == (pytest.approx(41.89021, abs=2e-6),
+                                                            pytest.approx(12.49223, abs=2e-6))
+    shot(watched, "image-metadata")
+    arrows = page.eval_on_selector_all("#newer, #older", "a => a.map(x => [x.id, x.href])")
+    assert len(arrows) == 1  # two photos in the album: one arrow, to the other
+    (arrow, other), = arrows
+    assert parse_qs(urlsplit(other).query) == {"folder": ["Italy/Rome"]}  # it stays in the album
+    page.keyboard.press("ArrowLeft" if arrow == "newer" else "ArrowRight")
+    page.wait_for_url(re.compile(re.escape(other) + "$"))
+    assert page.text_content("#filename") == "Italy/Rome/fontana.jpg"
+    page.keyboard.press("Escape")
+    page.wait_for_url(re.compile(r"/\?folder=Italy(/|%2F)Rome$"))
+    page.click("#crumbs a:text-is('Italy')")
+    page.wait_for_url(re.compile(r"/\?folder=Italy$"))
