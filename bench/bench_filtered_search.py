@@ -384,6 +384,28 @@ def main() -> None:
         print(f"{label}: {json.dumps(t)}", flush=True)
     print(json.dumps({"search_load": searches["load"], "pages_load": pages["load"],
                       "cpu": cpu_name(), "results": results, "pages": times}), flush=True)
+    print(markdown(args.rows, results, times), flush=True)
+
+
+def markdown(rows: int, results: dict, pages: dict) -> str:
+    """The tables for docs/benchmarks.md."""
+    lines = ["| filter | matching rows | app's method | exact p50 / p95 | index p50 / p95 | index recall@10 (subject inside / outside) | no iterative scan: recall, fewest rows | app p50 / p95 | app recall@10 | app fewest rows |",
+             "| --- | ---: | --- | --- | --- | --- | --- | --- | --- | ---: |"]
+    for label, r in results.items():
+        e, i, n, a = r["exact"], r["index"], r["no_iterative"], r["app"]
+        lines.append(
+            f"| {label} | {r['matching']:,} ({r['matching'] / rows:.1%}) | {r['method']} | "
+            f"{e['p50']:.1f} / {e['p95']:.1f} ms | {i['p50']:.1f} / {i['p95']:.1f} ms | "
+            f"{i['recall']:.3f} ({i['recall_inside']:.3f} / {i['recall_outside']:.3f}) | "
+            f"{n['recall']:.3f}, {n['min_rows']} | {a['p50']:.1f} / {a['p95']:.1f} ms | "
+            f"{a['recall']:.3f} | {a['min_rows']} |")
+    lines += ["", "| request | p50 | p95 |", "| --- | --- | --- |"]
+    for label, t in pages.items():
+        if "total_s" in t:
+            lines.append(f"| {label} | {t['total_s']:.2f} s in all | |")
+        else:
+            lines.append(f"| {label} | {t['p50']:.1f} ms | {t['p95']:.1f} ms |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

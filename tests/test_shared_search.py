@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from shared.imagefile import ImageProblem
 from shared.search import ImageNotFound, Search, SearchUnavailable, open_search
+from shared.settings import Settings
 from shared.store import BulkImage, Catalogue, Filters, Schema, connect, copy_images, open_pool
 
 from conftest import WILD
@@ -225,3 +226,15 @@ def test_the_search_method_follows_exact_search_rows(big, searcher):
     assert search.method(None) == search.method(Filters()) == "index"
     assert searcher(exact_search_rows=2000).method(Filters(camera="Any")) == "exact"
     assert searcher(exact_search_rows=1999).method(Filters(camera="Any")) == "index"
+
+
+def test_search_takes_its_filtered_search_limits_from_the_settings(big):
+    settings = Settings.from_env({"BROWSE_EXACT_SEARCH_ROWS": "2000", "BROWSE_HNSW_MAX_SCAN_TUPLES": "300",
+                                  "EXPECTED_VECTOR_DIM": str(DIM_SMALL)})
+    pool = open_pool(big.url, size=1)
+    try:
+        search = Search.configured(pool.connection, None, settings, table_dimensions=DIM_SMALL)
+        assert (search.exact_search_rows, search.max_scan_tuples) == (2000, 300)
+        assert search.method(Filters(camera="Any")) == "exact"  # 2,000 rows match
+    finally:
+        pool.close()

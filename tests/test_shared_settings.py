@@ -71,6 +71,8 @@ def test_mlx_local_reads_db_url_from_its_env_file(tmp_path, monkeypatch):
     ("BROWSE_PAGE_SIZE", "abc"), ("BROWSE_PAGE_SIZE", "0"), ("BROWSE_MAX_UPLOAD_BYTES", "abc"),
     ("BROWSE_EMBED_TIMEOUT_S", "abc"), ("BROWSE_EMBED_TIMEOUT_S", "nan"),
     ("EXPECTED_VECTOR_DIM", "20000"), ("MAX_IMAGE_PIXELS", "-1"),
+    ("BROWSE_EXACT_SEARCH_ROWS", "-1"), ("BROWSE_EXACT_SEARCH_ROWS", "1e3"),
+    ("BROWSE_HNSW_MAX_SCAN_TUPLES", "99"),
 ])
 def test_every_number_is_checked_at_start_with_its_name_and_range(name, value):
     with pytest.raises(SettingsError) as err:
