@@ -153,9 +153,10 @@ def neighbours_in_order(image_id: int,
 
 def folders(parent: str | None) -> tuple[list[Folder], int]:
     """The sub-folders of `parent` with counts and covers, and how many files lie directly in it."""
-    catalogue = get_browse().catalogue()
-    found: list[FolderRow] = catalogue.folders(parent)
-    covers = {row.id: row for row in catalogue.get_images([f.cover_id for f in found if f.name])}
+    browse = get_browse()
+    found: list[FolderRow] = browse.folder_list(parent)
+    covers = {row.id: row for row in browse.catalogue().get_images(
+        [f.cover_id for f in found if f.cover_id is not None])}
     prefix = f"{parent}/" if parent else ""
     albums = [Folder(f.name, prefix + f.name, f.images, covers.get(f.cover_id))
               for f in found if f.name is not None]

@@ -20,9 +20,10 @@ from shared.redact import scrub
 from shared.search import Search, SearchUnavailable
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.store import Catalogue, Counts
+from shared.store import Catalogue, Counts, FolderRow
 
 EXTENSION = "image_browser"
+MAX_CACHED_FOLDERS = 256
 T = TypeVar("T")
 # What each kind of bad upload answers (see shared.imagefile.ImageProblem).
 UPLOAD_STATUS = {"empty": 400, "not_image": 415, "unreadable": 400, "too_large": 413, "format": 415}
@@ -56,6 +57,8 @@ class Browse:
     _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
     _cameras: tuple[float, list[tuple[str, int]]] | None = field(default=None, init=False,
                                                                 repr=False)
+    _folders: dict[str | None, tuple[float, list[FolderRow]]] = field(
+        default_factory=dict, init=False, repr=False)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,17 @@ class Browse:
         if self._cameras is None or now - self._cameras[0] > self.settings.web.summary_ttl_s:
             self._cameras = (now, self.catalogue().cameras())
         return self._cameras[1]
+
+    def folder_list(self, parent: str | None) -> list[FolderRow]:
+        """The sub-folders of `parent`, at most `summary_ttl_s` old: counting them reads every
+        file name below `parent` (docs/benchmarks.md)."""
+        now = time.monotonic()
+        cached = self._folders.get(parent)
+        if cached is None or now - cached[0] > self.settings.web.summary_ttl_s:
+            if len(self._folders) >= MAX_CACHED_FOLDERS:
+                self._folders.clear()  # crafted ?folder= values must not grow this forever
+            cached = self._folders[parent] = (now, self.catalogue().folders(parent))
+        return cached[1]
 
     def close(self) -> None:
         """Stop the embedder workers and close the pool (when the app stops)."""

@@ -370,6 +370,26 @@ def test_folders_are_albums_with_counts_and_covers(client):
     assert cameras == [{"camera": "Apple iPhone X", "images": 2}, {"camera": "FUJIFILM X-T3", "images": 2}]
 
 
+def test_folder_lists_are_reused_for_summary_ttl_s_and_their_cache_stays_small(library):
+    cached, fresh = make_app(library, summary_ttl_s=3600), make_app(library, summary_ttl_s=0)
+    try:
+        before = cached.test_client().get("/api/folders").get_json()["folders"]
+        with connect(library.database_url) as conn:
+            Catalogue(conn).upsert_images([ImageRecord("Zeta/z.jpg", 1, 1, 1, "d" * 64, "JPEG", 1, None)])
+        assert cached.test_client().get("/api/folders").get_json()["folders"] == before
+        assert "Zeta" in [f["name"] for f in fresh.test_client().get("/api/folders").get_json()["folders"]]
+        browse = cached.extensions["image_browser"]
+        with cached.test_request_context():
+            for i in range(300):  # e.g. crafted ?folder= values
+                browse.folder_list(f"nowhere/{i}")
+        assert len(browse._folders) <= 256
+    finally:
+        with connect(library.database_url) as conn:
+            Catalogue(conn).delete_images(["Zeta/z.jpg"])
+        cached.extensions["image_browser"].close()
+        fresh.extensions["image_browser"].close()
+
+
 def test_thumbnails_are_cacheable_forever_by_content_hash(client):
     image = client.get(f"/api/images/{ids_by_name(client)['cat.jpg']}").get_json()["image"]
     response = client.get(image["thumbnail_url"])

@@ -30,7 +30,7 @@ class FolderRow:
 
     name: str | None
     images: int
-    cover_id: int
+    cover_id: int | None
 
 
 class Catalogue:
@@ -207,21 +207,31 @@ class Catalogue:
     def folders(self, parent: str | None = None) -> list[FolderRow]:
         """The sub-folders of `parent` (None: the top), each with its subtree's image count
         and a cover (its newest photo with a thumbnail); name None counts the files directly
-        in `parent`."""
+        in `parent`. One pass over the subtree's file names, then one short index walk per
+        sub-folder for its cover."""
         where, params = filter_condition(Filters(folder=parent))
-        params["skip"] = len(params.get("f_lo", "")) + 1  # substr() counts from 1
-        rest = "substr(filename, %(skip)s)"
-        with self.conn.cursor(row_factory=class_row(FolderRow)) as cur:
-            return cur.execute(
-                f"""SELECT DISTINCT ON (name) name, count(*) OVER (PARTITION BY name) AS images,
-                           id AS cover_id
-                    FROM (SELECT id, taken_at, thumbnail_key,
-                                 CASE WHEN strpos({rest}, '/') > 0
-                                      THEN split_part({rest}, '/', 1) END AS name
-                          FROM image_embeddings WHERE {where}) s
-                    ORDER BY name, thumbnail_key IS NULL, {OLDER}""",
-                params,
-            ).fetchall()
+        prefix = params.get("f_lo", "")
+        params["skip"] = len(prefix) + 1  # substr() counts from 1
+        counts = self.conn.execute(
+            f"""SELECT CASE WHEN strpos(rest, '/') > 0 THEN split_part(rest, '/', 1) END, count(*)
+                FROM (SELECT substr(filename, %(skip)s) AS rest FROM image_embeddings
+                      WHERE {where}) AS below
+                GROUP BY 1""",
+            params,
+        ).fetchall()
+        names = sorted(name for name, _ in counts if name is not None)
+        covers = dict(self.conn.execute(
+            f"""SELECT sub.name, cover.id FROM unnest(%(names)s::text[]) AS sub(name)
+                CROSS JOIN LATERAL (
+                    SELECT id FROM image_embeddings
+                    WHERE (filename COLLATE "C") >= %(prefix)s || sub.name || '/'
+                      AND (filename COLLATE "C") < %(prefix)s || sub.name || '0'
+                      AND thumbnail_key IS NOT NULL
+                    ORDER BY {OLDER} LIMIT 1) AS cover""",
+            {"names": names, "prefix": prefix},
+        ).fetchall())
+        rows = [FolderRow(name, images, covers.get(name)) for name, images in counts]
+        return sorted(rows, key=lambda f: (f.name is None, f.name or ""))
 
     def cameras(self) -> list[tuple[str, int]]:
         """Every camera that took a photo here, with how many, most used first."""
