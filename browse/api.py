@@ -84,7 +84,7 @@ def folders():
 def cameras():
     """Every camera with how many photos it took, most used first."""
     return jsonify(cameras=[{"camera": name, "images": count}
-                            for name, count in get_browse().catalogue().cameras()])
+                            for name, count in get_browse().camera_list()])
 
 
 @bp.get("/status")

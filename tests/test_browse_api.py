@@ -374,10 +374,14 @@ def test_folder_lists_are_reused_for_summary_ttl_s_and_their_cache_stays_small(l
     cached, fresh = make_app(library, summary_ttl_s=3600), make_app(library, summary_ttl_s=0)
     try:
         before = cached.test_client().get("/api/folders").get_json()["folders"]
+        cameras = cached.test_client().get("/api/cameras").get_json()["cameras"]
+        zeta = PhotoMetadata(datetime(2000, 1, 1), None, False, camera_model="Zeta Cam")
         with connect(library.database_url) as conn:
-            Catalogue(conn).upsert_images([ImageRecord("Zeta/z.jpg", 1, 1, 1, "d" * 64, "JPEG", 1, None)])
+            Catalogue(conn).upsert_images([ImageRecord("Zeta/z.jpg", 1, 1, 1, "d" * 64, "JPEG", 1, None, zeta)])
         assert cached.test_client().get("/api/folders").get_json()["folders"] == before
+        assert cached.test_client().get("/api/cameras").get_json()["cameras"] == cameras
         assert "Zeta" in [f["name"] for f in fresh.test_client().get("/api/folders").get_json()["folders"]]
+        assert {"camera": "Zeta Cam", "images": 1} in fresh.test_client().get("/api/cameras").get_json()["cameras"]
         browse = cached.extensions["image_browser"]
         with cached.test_request_context():
             for i in range(300):  # e.g. crafted ?folder= values
