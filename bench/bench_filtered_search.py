@@ -18,6 +18,7 @@ included, and of the folders and cameras lists.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -320,13 +321,35 @@ def page_times(settings: Settings, filters_list: list[tuple[str, dict]], runs: i
                 _, times = timed(lambda _: client.get("/", query_string=query), range(runs))
                 out[name] = {"p50": pct(times, 50), "p95": pct(times, 95)}
             out[f"{label}: walking all {pages} API pages of 200"] = {"total_s": walked}
+        recount = create_app(dataclasses.replace(
+            settings, web=dataclasses.replace(settings.web, summary_ttl_s=0)), embedder=None)
         for name, url in (("folders page `/folders`", "/folders"),
                           ("`/api/folders?folder=Trips`", "/api/folders?folder=Trips"),
                           ("`/api/cameras`", "/api/cameras")):
-            _, times = timed(lambda _: client.get(url), range(runs))
-            out[name] = {"p50": pct(times, 50), "p95": pct(times, 95)}
+            for how, each in (("counted again (BROWSE_SUMMARY_TTL_S=0)", recount.test_client()),
+                              ("cached (the default: at most 10 s old)", client)):
+                _, times = timed(lambda _: each.get(url), range(runs))
+                out[f"{name}, {how}"] = {"p50": pct(times, 50), "p95": pct(times, 95)}
+        recount.extensions["image_browser"].close()
     finally:
         app.extensions["image_browser"].close()
+    return out
+
+
+def exact_sweep(pool, photos, rng, basis, runs: int = 60) -> dict[int, dict]:
+    """The exact scan's time against how many rows the filter lets through (spans of days)."""
+    order = sorted(range(len(photos)), key=lambda i: photos[i].taken_at)
+    out = {}
+    with pool.connection() as conn:
+        catalogue = Catalogue(conn)
+        for want in (1000, 2000, 3000, 4000, 5000, 7500, 10000):
+            start = int(rng.integers(0, len(photos) - want))
+            first, last = photos[order[start]].taken_at.date(), photos[order[start + want]].taken_at.date()
+            filters = Filters(taken_after=first, taken_before=last)
+            queries = queries_for(photos, filters, rng, basis, runs)
+            _, times = timed(lambda q: catalogue.nearest(q, K, ef_search=100, filters=filters,
+                                                         exact=True), queries)
+            out[catalogue.count_matching(filters, 10**9)] = {"p50": pct(times, 50), "p95": pct(times, 95)}
     return out
 
 
@@ -370,6 +393,10 @@ def main() -> None:
     pool = open_pool(url, size=2)
     search = Search(pool.connection, None, expected_dimensions=DIM, ef_search=web.hnsw_ef_search,
                     exact_search_rows=web.exact_search_rows, max_scan_tuples=web.hnsw_max_scan_tuples)
+    with load_average() as sweeping:
+        sweep = exact_sweep(pool, photos, rng, basis)
+    for matching, t in sweep.items():
+        print(f"exact scan of {matching:,} rows: {json.dumps(t)}", flush=True)
     results = {}
     with load_average() as searches:
         for label, filters in pick_filters(photos, rng):
@@ -382,7 +409,8 @@ def main() -> None:
         times = page_times(settings, [("timeline", {}), ("folder 'Trips'", {"folder": "Trips"})])
     for label, t in times.items():
         print(f"{label}: {json.dumps(t)}", flush=True)
-    print(json.dumps({"search_load": searches["load"], "pages_load": pages["load"],
+    print(json.dumps({"sweep_load": sweeping["load"], "sweep": sweep,
+                      "search_load": searches["load"], "pages_load": pages["load"],
                       "cpu": cpu_name(), "results": results, "pages": times}), flush=True)
     print(markdown(args.rows, results, times), flush=True)
 
