@@ -59,7 +59,7 @@ class Search:
         expected_dimensions: int,
         table_dimensions: int | None = None,
         ef_search: int = 100,
-        exact_search_rows: int = 5_000,
+        exact_search_rows: int = 3_000,
         max_scan_tuples: int = 20_000,
         max_upload_pixels: int = 178_956_970,
         no_embedder_reason: str = "no embedder is configured",
