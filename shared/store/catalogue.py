@@ -16,6 +16,9 @@ from .rows import IMAGE_COLUMNS, Counts, ImageRecord, ImageRow, KnownFile
 
 # A place in the timeline: (taken_at, id) of a row; taken_at is None for rows not dated yet.
 TimelineKey = tuple[datetime | None, int]
+# Queries narrowed by filters are never prepared: their best plan depends on the values (a
+# generic plan for `camera = $1`, which Postgres picks after a few runs of a prepared
+# statement, took 70-100 ms where the value's own plan takes 1 ms, docs/benchmarks.md).
 # The timeline's order (newest taken first, undated last) and its reverse; the
 # image_embeddings_taken_idx index is walked in one direction or the other.
 OLDER = "taken_at DESC NULLS LAST, id DESC"
@@ -169,7 +172,7 @@ class Catalogue:
             f"SELECT * FROM ({' UNION ALL '.join(f'({b})' for b in branches)}) AS page "
             f"ORDER BY {order} LIMIT %(limit)s")
         with self._rows() as cur:
-            return cur.execute(query, params).fetchall()
+            return cur.execute(query, params, prepare=False).fetchall()
 
     def get_image(self, image_id: int) -> ImageRow | None:
         """One row by id, or None."""
@@ -217,7 +220,7 @@ class Catalogue:
                 FROM (SELECT substr(filename, %(skip)s) AS rest FROM image_embeddings
                       WHERE {where}) AS below
                 GROUP BY 1""",
-            params,
+            params, prepare=False,
         ).fetchall()
         names = sorted(name for name, _ in counts if name is not None)
         covers = dict(self.conn.execute(
@@ -228,7 +231,7 @@ class Catalogue:
                       AND (filename COLLATE "C") < %(prefix)s || sub.name || '0'
                       AND thumbnail_key IS NOT NULL
                     ORDER BY {OLDER} LIMIT 1) AS cover""",
-            {"names": names, "prefix": prefix},
+            {"names": names, "prefix": prefix}, prepare=False,
         ).fetchall())
         rows = [FolderRow(name, images, covers.get(name)) for name, images in counts]
         return sorted(rows, key=lambda f: (f.name is None, f.name or ""))
@@ -248,7 +251,7 @@ class Catalogue:
         return self.conn.execute(
             f"""SELECT count(*) FROM (SELECT 1 FROM image_embeddings
                 WHERE embedding IS NOT NULL AND {where} LIMIT %(cap)s) s""",
-            params,
+            params, prepare=False,
         ).fetchone()[0]
 
     def embedding_of(self, image_id: int) -> np.ndarray | None:
@@ -306,7 +309,7 @@ class Catalogue:
                  "on" if exact else "off", str(int(timeout_ms))),
             )
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
-                rows = cur.execute(query, params).fetchall()
+                rows = cur.execute(query, params, prepare=False).fetchall()
         # relaxed_order gives neighbours only roughly in order; the exact scan's join in none.
         rows.sort(key=lambda found: (found[1], found[0].id))
         return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
