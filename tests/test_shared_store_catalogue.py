@@ -214,4 +214,4 @@ def test_filtered_reads_are_never_prepared(catalogue, conn):
         catalogue.folders("p")
     prepared = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
     reads = [s for (s,) in prepared if s.lstrip().upper().startswith(("SELECT", "WITH"))]
-    assert [s for s in reads if "image_embeddings" in s and "%" not in s and "$" in s] == []
+    assert [s for s in reads if "image_embeddings" in s] == []
