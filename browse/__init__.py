@@ -41,7 +41,8 @@ def create_app(
         embedder, reason = _embedder_from(settings)
     app = Flask(__name__, static_folder=None)  # the blueprint serves /static/browse/
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_upload_bytes
-    pool = open_pool(url, size=settings.web.db_pool_size)
+    pool = open_pool(url, size=settings.web.db_pool_size, wait_s=settings.web.db_wait_s,
+                     setting=settings.database_setting)
     browse = Browse(
         settings=settings,
         pool=pool,

@@ -72,13 +72,13 @@ def get_image(image_id: int) -> ImageRow:
 def search_text(query: str, k: int) -> list[Hit]:
     """The k images nearest a description (SearchError when it cannot be answered)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_text, query), k)
+    return browse.search.by_vector(browse.text_vector(query), k)
 
 
 def search_upload(data: bytes, k: int) -> list[Hit]:
     """The k images nearest an uploaded image (BadUpload when it is not a usable image)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_image, data), k)
+    return browse.search.by_vector(browse.image_vector(data), k)
 
 
 def similar_to(image_id: int, k: int) -> tuple[ImageRow, list[Hit] | None]:
