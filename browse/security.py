@@ -35,6 +35,11 @@ def content_security_policy() -> str:
 
 
 def _headers(response: Response) -> Response:
+    location = response.headers.get("Location")
+    if location and location.startswith(request.host_url):
+        # Werkzeug's own redirects (e.g. '//' merged into '/') name the host the client sent:
+        # keep the path only, so a forged Host header is never echoed back.
+        response.headers["Location"] = "/" + location[len(request.host_url):]
     response.headers.setdefault("Content-Security-Policy", content_security_policy())
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")

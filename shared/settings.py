@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
+from .redact import mask_url
+
 DEFAULT_REPLICATE_MODEL = (
     "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
 )
@@ -65,7 +67,7 @@ class WebSettings:
     db_pool_size: int = 8
     db_wait_s: float = 2.0  # a page waits this long for the database, then answers 503
     summary_ttl_s: float = 10.0  # the page header's counts are reused this long
-    # scheme://host[/path] the JSON API's URLs start with; None: URLs relative to the server.
+    # scheme://host[:port] the JSON API's URLs start with; None: URLs relative to the server.
     public_url: str | None = None
 
 
@@ -206,7 +208,7 @@ def _base_url(value: str | None) -> str | None:
 
 
 def _public_url(value: str | None) -> str | None:
-    """scheme://host[/path] without a trailing slash, or None; only http(s), nothing after the path."""
+    """An http(s) origin (scheme://host[:port]) without a trailing slash, or None."""
     if value is None:
         return None
     try:
@@ -214,10 +216,10 @@ def _public_url(value: str | None) -> str | None:
     except ValueError:
         parts = None
     if (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
-            or parts.query or parts.fragment or "@" in parts.netloc):
+            or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc):
         raise SettingsError(
             f"BROWSE_PUBLIC_URL must be the site's address, like https://photos.example.com, "
-            f"got {value[:80]!r}")
+            f"got {mask_url(value)[:80]!r}")
     return value.rstrip("/")
 
 
