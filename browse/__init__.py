@@ -53,8 +53,9 @@ def create_app(
     app.extensions[EXTENSION] = browse
     app.teardown_appcontext(browse.teardown)
 
-    from . import api, security, views
+    from . import api, media, security, views
 
+    app.url_map.converters["filename"] = media.FileNameConverter
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     security.install(app)

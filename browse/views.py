@@ -22,6 +22,8 @@ def _page_context() -> dict:
         "search_off": browse.search.off_reason,
         "fmt_size": _fmt_size,
         "thumbnail_src": present.thumbnail_src,
+        "display_name": present.display_name,
+        "title_name": present.title_name,
     }
 
 
@@ -100,7 +102,7 @@ def thumbnail(key: str):
     return media.send_thumbnail(key)
 
 
-@bp.get("/media/original/<path:key>")
+@bp.get("/media/original/<filename:key>")
 def original(key: str):
     """An original from local storage."""
     return media.send_original(key)

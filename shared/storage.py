@@ -137,9 +137,14 @@ class LocalStorage:
         return _inside(self.thumbnails_dir, key)
 
 
+# A backslash is a plain character in POSIX file names, and a separator only on Windows.
+_SEPARATORS = {sep for sep in (os.sep, os.altsep) if sep and sep != "/"}
+
+
 def _inside(root: Path, key: str) -> Path:
+    """root/key, for a key of '/'-separated names that cannot lead anywhere else."""
     root = root.absolute()
-    if not key or "\x00" in key or key.startswith("/") or "\\" in key:
+    if not key or "\x00" in key or key.startswith("/") or any(s in key for s in _SEPARATORS):
         raise StorageError(f"invalid object key {key!r}")
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts):

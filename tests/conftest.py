@@ -80,6 +80,19 @@ def stoppable_pg(_stoppable_server) -> StoppablePostgres:
     return _stoppable_server
 
 
+@pytest.fixture(scope="module")
+def module_db_url(pg_url) -> str:
+    """A database of its own in the session's Postgres, for one module's long-lived library."""
+    from psycopg.conninfo import make_conninfo
+
+    name = f"module_{uuid.uuid4().hex[:12]}"
+    with connect(pg_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(pg_url, dbname=name)
+    with connect(pg_url) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def db_url(pg_url) -> str:
     """A database URL whose Image Browser tables start empty."""
