@@ -160,7 +160,7 @@ class Browse:
         return self._within_limit(future)
 
     def _within_limit(self, future: Future[T]) -> T:
-        """The future's result within the embedder time limit, its failures as SearchError/BadUpload."""
+        """The future's result within the time limit; failures as SearchError or BadUpload."""
         limit = self.settings.web.embed_timeout_s
         try:
             return future.result(timeout=limit)

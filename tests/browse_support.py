@@ -189,7 +189,8 @@ def blank_png(width: int, height: int, mode: str = "RGBA", rows: int | None = No
                 + zlib.crc32(kind + body).to_bytes(4, "big"))
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, channels[0], 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
 
 
 # --- the real `browse` command in its own process ----------------------------------------

@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from browse_support import (
-    WordEmbedder, blank_png, browse_env, build_library, png_bytes, running_browse,
+    WordEmbedder,
+    blank_png,
+    browse_env,
+    build_library,
+    png_bytes,
+    running_browse,
 )
 
 from browse import create_app
@@ -65,7 +70,8 @@ def test_an_upload_beyond_the_slots_is_told_to_come_back_while_the_slot_is_held(
         while (response := upload(client)).status_code == 503 and time.monotonic() < deadline:
             pass  # the first call ends after 3 s and frees the slot
         assert response.status_code == 504  # admitted again (and slow again)
-        page = client.post("/search/image", data={"image": (io.BytesIO(png_bytes((1, 2, 3))), "a.png")})
+        form = {"image": (io.BytesIO(png_bytes((1, 2, 3))), "a.png")}
+        page = client.post("/search/image", data=form)
         assert page.status_code == 503 and b"busy" in page.data
     finally:
         app.extensions["image_browser"].close()
@@ -96,10 +102,11 @@ def test_hostile_uploads_keep_the_real_server_under_a_gigabyte_and_pages_answeri
         watcher.start()
         try:
             with ThreadPoolExecutor(8) as pool:
-                big = list(pool.map(lambda _: live.post("/api/search/image", accepted, PATIENT_S * 2),
-                                    range(8)))
-                bombs = list(pool.map(lambda _: live.post("/api/search/image", hostile, PATIENT_S * 2),
-                                      range(8)))
+                def send(data: bytes) -> tuple[int, dict, bytes]:
+                    return live.post("/api/search/image", data, PATIENT_S * 2)
+
+                big = list(pool.map(send, [accepted] * 8))
+                bombs = list(pool.map(send, [hostile] * 8))
         finally:
             stop.set()
             watcher.join(timeout=PATIENT_S)
@@ -161,7 +168,8 @@ def test_a_stopped_database_answers_503_at_once_and_the_first_request_after_it_w
     assert outage_app.extensions["image_browser"].pool.stats()["lent"] == 0
 
 
-def test_a_connection_cut_in_the_middle_of_a_request_is_a_503_and_is_replaced(stoppable_pg, tmp_path):
+def test_a_connection_cut_in_the_middle_of_a_request_is_a_503_and_is_replaced(
+        stoppable_pg, tmp_path):
     from flask import request
 
     from browse.state import get_browse
@@ -176,7 +184,8 @@ def test_a_connection_cut_in_the_middle_of_a_request_is_a_503_and_is_replaced(st
         # The server ends this request's session after it was taken and before the page's query.
         if request.args.get("cut"):
             pid = get_browse().connection().info.backend_pid
-            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # waits until it is gone
+            # With a timeout, the call returns only once the session is gone.
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
 
     try:
         client = app.test_client()

@@ -26,7 +26,7 @@ MIN_CONNECT_TIMEOUT_S = 2
 
 
 class DatabaseUnavailable(DatabaseError):
-    """No connection could be had: the database refused or did not answer (the message says which)."""
+    """No connection could be had: the database refused or did not answer (the message says)."""
 
 
 class PoolExhausted(DatabaseUnavailable):
@@ -45,7 +45,7 @@ class Pool:
         self._cond = threading.Condition()
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection:
-        """A working connection; DatabaseUnavailable (or PoolExhausted) within `timeout` otherwise."""
+        """A working connection, or DatabaseUnavailable (PoolExhausted) within `timeout`."""
         deadline = time.monotonic() + (self.wait_s if timeout is None else timeout)
         stale: list[psycopg.Connection] = []
         try:
