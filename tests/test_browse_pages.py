@@ -146,6 +146,46 @@ def test_infinite_scroll_loads_every_page_without_originals(server, watched):
     assert any("cursor=" in u for u in watched.requests)
 
 
+def next_page_requests(requests: list[str]) -> list[str]:
+    return [url for url in requests if "cursor=" in url]
+
+
+def test_no_next_page_is_fetched_before_the_reader_scrolls(server, browser):
+    # A window just shorter than the first page, with the "Older images" link inside the
+    # observer's 200 px margin: the case that fetched a second page at load (issue 13, 14).
+    probe = browser.new_context(viewport={"width": 1280, "height": 2000})
+    page = probe.new_page()
+    page.route("**/*cursor=*", lambda route: route.abort())  # keep the first page's layout
+    page.goto(server + "/")
+    page.wait_for_selector("#grid.justified")
+    link_top = page.eval_on_selector("#more", "a => a.getBoundingClientRect().top")
+    probe.close()
+    context = browser.new_context(viewport={"width": 1280, "height": int(link_top) - 100})
+    try:
+        watched = Watched(context.new_page())
+        page = watched.page
+        page.goto(server + "/")
+        page.wait_for_selector("#grid.justified")
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("document.documentElement.scrollHeight > innerHeight")
+        assert next_page_requests(watched.requests) == []
+        with page.expect_request(lambda r: "cursor=" in r.url, timeout=10_000):
+            page.mouse.wheel(0, 300)
+        assert watched.console_errors == []
+    finally:
+        context.close()
+
+
+def test_a_first_page_that_leaves_the_window_unfilled_fetches_the_next(server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 3000})
+    try:
+        page = context.new_page()
+        with page.expect_request(lambda r: "cursor=" in r.url, timeout=10_000):
+            page.goto(server + "/")
+    finally:
+        context.close()
+
+
 def test_text_search_puts_the_expected_image_first_and_lives_in_the_url(server, watched):
     page = watched.page
     page.goto(server + "/")
