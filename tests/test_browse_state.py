@@ -32,6 +32,7 @@ from shared.settings import WebSettings
 PATIENT_S = 30.0
 GB = 1_000_000_000
 SLOTS = WebSettings.upload_slots
+PASSWORD = "S3cret-pass"
 
 
 def make_app(settings, embedder, **web):
@@ -130,8 +131,13 @@ def test_hostile_uploads_keep_the_real_server_under_a_gigabyte_and_pages_answeri
 
 @pytest.fixture
 def outage_app(stoppable_pg, tmp_path):
-    """The app on a library kept in a Postgres that the test may stop."""
-    settings = build_library(stoppable_pg.url, tmp_path, n_fillers=2)
+    """The app on a library kept in a Postgres that the test may stop.
+
+    Its URL carries a password (the socket's trust login ignores it) that must never show.
+    """
+    url = stoppable_pg.url.replace("postgres:@", f"postgres:{PASSWORD}@")
+    assert PASSWORD in url
+    settings = build_library(url, tmp_path, n_fillers=2)
     app = make_app(settings, WordEmbedder())
     yield app
     app.extensions["image_browser"].close()
@@ -151,6 +157,7 @@ def test_a_stopped_database_answers_503_at_once_and_the_first_request_after_it_w
         assert response.status_code == 503 and response.headers["Retry-After"], url
         if url.startswith("/api/"):
             assert response.get_json()["error"]["code"] == "database_unavailable", url
+        assert PASSWORD not in response.get_data(as_text=True)
     for url in ("/", "/status", f"/image/{image['id']}", "/?q=cat"):
         page = client.get(url)
         assert page.status_code == 503 and page.mimetype == "text/html", url
@@ -160,8 +167,9 @@ def test_a_stopped_database_answers_503_at_once_and_the_first_request_after_it_w
         statuses = list(pool.map(lambda _: outage_app.test_client().get("/api/images").status_code,
                                  range(32)))
     assert statuses == [503] * 32
-    down = [r for r in caplog.records if "database is unavailable" in r.getMessage()]
+    down = [r.getMessage() for r in caplog.records if "database is unavailable" in r.getMessage()]
     assert len(down) == 1  # logged once per outage, not once per request
+    assert "could not connect" in down[0] and PASSWORD not in down[0]
     stoppable_pg.start()
     assert client.get("/api/images").status_code == 200  # the first request after it returns
     assert any("answers again" in r.getMessage() for r in caplog.records)
