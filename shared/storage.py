@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -102,7 +103,9 @@ class LocalStorage:
         """Write atomically, so a killed run never leaves half a thumbnail."""
         target = self.thumbnail_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        # One partial file per thread: two copies of one picture share a thumbnail key, and
+        # sync's threads may write it at the same moment.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         partial.write_bytes(data)
         os.replace(partial, target)
 

@@ -1,4 +1,5 @@
 import os
+import threading
 import urllib.request
 
 import pytest
@@ -92,6 +93,29 @@ def test_a_posix_name_with_a_backslash_or_newline_is_one_name_inside_the_folder(
     path.write_bytes(b"pixels")
     storage.put_original(key, path, "image/jpeg")  # already in place: nothing to copy
     assert storage.read_original(key) == b"pixels"
+
+
+def test_threads_writing_one_thumbnail_at_once_all_succeed(tmp_path):
+    # Copies of one picture share a thumbnail; sync's threads write them concurrently.
+    storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        start.wait(timeout=30)
+        for _ in range(200):
+            try:
+                storage.put_thumbnail("ab/abc.jpg", b"the same bytes")
+            except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert [p.name for p in (tmp_path / "thumbs/ab").iterdir()] == ["abc.jpg"]
 
 
 def test_local_thumbnail_write_is_atomic(tmp_path):
