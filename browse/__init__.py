@@ -41,8 +41,9 @@ def create_app(
         embedder, reason = _embedder_from(settings)
     app = Flask(__name__, static_folder=None)  # the blueprint serves /static/browse/
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_upload_bytes
+    where = settings.database_setting if settings.database_url else "the embedded Postgres"
     pool = open_pool(url, size=settings.web.db_pool_size, wait_s=settings.web.db_wait_s,
-                     setting=settings.database_setting)
+                     setting=where)
     browse = Browse(
         settings=settings,
         pool=pool,
