@@ -64,7 +64,7 @@ def _search_error(exc: SearchError):
 
 def _database_down(exc: DatabaseDown):
     return _error(503, "database_unavailable",
-                  f"{exc}; thumbnails still load, and pages come back as soon as it does",
+                  f"{exc}; thumbnails still load, try again in a moment",
                   retry_after=RETRY_AFTER_S)
 
 
