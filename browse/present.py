@@ -177,7 +177,7 @@ def image_json(row: ImageRow, similarity: float | None = None) -> dict:
 def display_name(name: str) -> str:
     """A file name as pages show it: characters that reorder or hide text made visible.
 
-    A right-to-left override (U+202E) would make "x\u202eABC.jpg" read "xgpj.CBA", and
+    A right-to-left override (U+202E) would make "x" + U+202E + "ABC.jpg" read "xgpj.CBA", and
     control characters (a newline) would vanish; each is shown as its code point instead.
     The JSON API and links keep the real name.
     """
