@@ -7,11 +7,14 @@ naming the variable and what it accepts. The rest of the code receives a `Settin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from dotenv import load_dotenv
+
+from .redact import mask_url
 
 DEFAULT_REPLICATE_MODEL = (
     "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
@@ -121,7 +124,7 @@ class Settings:
         return cls(
             images_dir=Path(get("IMAGES_DIR") or "images").expanduser().absolute(),
             data_dir=Path(get("DATA_DIR") or ".data").expanduser().absolute(),
-            database_url=get(database_setting),
+            database_url=_database_url(get, database_setting),
             database_setting=database_setting,
             r2=_r2_from_env(get),
             image_base_url=_base_url(get("IMAGE_BASE_URL")),
@@ -189,8 +192,28 @@ def _base_url(value: str | None) -> str | None:
     if value is None:
         return None
     if not value.startswith(("http://", "https://")):
-        raise SettingsError(f"IMAGE_BASE_URL must start with http:// or https://, got {value!r}")
+        raise SettingsError(
+            f"IMAGE_BASE_URL must start with http:// or https://, got {mask_url(value)[:80]!r}")
     return value.rstrip("/") + "/"
+
+
+def _database_url(get, name: str) -> str | None:
+    """A postgresql:// URL or libpq's key=value string; anything else is refused unshown,
+    since a value pasted into the wrong place may be the password itself."""
+    value = get(name)
+    if value is None:
+        return None
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]{0,19})://", value)
+    if scheme and scheme.group(1).lower() in ("postgres", "postgresql"):
+        return value
+    if scheme:
+        raise SettingsError(
+            f"{name} must be a postgresql:// URL, got a {scheme.group(1)}:// URL")
+    if "=" not in value:
+        raise SettingsError(
+            f"{name} must be a postgresql:// URL (or libpq's key=value string); its value is "
+            "neither (not shown, in case it is a password)")
+    return value
 
 
 def _number(get, name: str, default, kind: type, lowest: float, highest: float):
