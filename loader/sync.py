@@ -14,7 +14,7 @@ from shared.imagefile import ImageProblem, Inspection, inspect_image
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
-from .scan import LocalFile, scan_images
+from .scan import LocalFile, ScanResult, scan_images
 
 # Rows are written in batches: every FLUSH_EVERY rows or FLUSH_SECONDS, whichever comes first.
 # A killed run redoes at most one batch of files (their uploads are idempotent).
@@ -65,7 +65,14 @@ def run_sync(
     prune: bool = False,
     progress: bool | None = None,
 ) -> SyncReport:
-    """Scan, inspect what changed on `jobs` processes, upload, then write rows."""
+    """Scan, inspect what changed on `jobs` processes, upload, then write rows.
+
+    Raises StorageError, before anything is read, when `storage` cannot keep originals of
+    `images_dir` where every app finds them.
+    """
+    problem = storage.folder_problem(images_dir)
+    if problem:
+        raise StorageError(problem)
     started = time.perf_counter()
     report = SyncReport(dry_run=dry_run)
     scan = scan_images(images_dir)
@@ -74,7 +81,7 @@ def run_sync(
     known = catalogue.known_files()
     todo = [f for f in scan.files if _needs_look(f, known.get(f.key))]
     report.unchanged = len(scan.files) - len(todo)
-    gone = sorted(set(known) - {f.key for f in scan.files} - {key for key, _ in scan.problems})
+    gone = _gone(known, scan)
 
     if dry_run:
         for f in todo:
@@ -84,13 +91,37 @@ def run_sync(
     else:
         _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
         if prune and gone:
-            for key in catalogue.delete_images(gone):
-                storage.delete_thumbnail(key)
-            for key in gone:
-                storage.delete_original(key)
-            report.pruned = len(gone)
+            _prune(catalogue, storage, gone, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _gone(known: dict[str, KnownFile], scan: ScanResult) -> list[str]:
+    """Rows whose files are really gone: not found, and not in a file or folder that this scan
+    could not read (a folder's problem is keyed "name/", the top folder's ".")."""
+    unreadable = [key for key, _ in scan.problems]
+    seen = {f.key for f in scan.files}
+
+    def spared(key: str) -> bool:
+        return any(key == bad or bad == "." or (bad.endswith("/") and key.startswith(bad))
+                   for bad in unreadable)
+
+    return sorted(key for key in known if key not in seen and not spared(key))
+
+
+def _prune(catalogue: Catalogue, storage: Storage, gone: list[str], report: SyncReport) -> None:
+    """Forget rows of deleted files, then their objects; an object left behind is reported."""
+    for key in catalogue.delete_images(gone):
+        try:
+            storage.delete_thumbnail(key)
+        except StorageError as exc:
+            report.failed.append({"file": f"thumbnail {key}", "error": f"forgotten, but {exc}"})
+    for key in gone:
+        try:
+            storage.delete_original(key)
+        except StorageError as exc:
+            report.failed.append({"file": key, "error": f"forgotten, but {exc}"})
+    report.pruned = len(gone)
 
 
 def _needs_look(f: LocalFile, row: KnownFile | None) -> bool:
@@ -182,6 +213,8 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
         storage.put_thumbnail(thumb, seen.thumbnail)
     except StorageError as exc:
         return Outcome(f, "failed", error=str(exc))
+    except Exception as exc:  # a storage fault no one foresaw is this file's failure, not the run's
+        return Outcome(f, "failed", error=f"storing it failed: {type(exc).__name__}: {exc}")
     record = ImageRecord(f.key, seen.width, seen.height, seen.byte_size, seen.sha256,
                          seen.format, f.mtime_ns, thumb)
     if row is None:
