@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.imagefile import ImageProblem, Inspection, inspect_image
+from shared.lifeline import exit_with_parent
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
@@ -146,7 +147,7 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
 
     bar = tqdm(total=sum(f.byte_size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
                desc="sync", disable=progress is False or not todo, file=sys.stderr, smoothing=0.1)
-    with ProcessPoolExecutor(max_workers=jobs) as decoders, \
+    with ProcessPoolExecutor(max_workers=jobs, initializer=exit_with_parent) as decoders, \
             ThreadPoolExecutor(max_workers=max(4, jobs * 4)) as movers:
         futures: list[Future[list[Outcome]]] = [
             movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels)

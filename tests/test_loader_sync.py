@@ -465,3 +465,57 @@ def test_prune_spares_files_this_scan_could_not_read(catalogue, tmp_path):
     for name in ("locked/b.jpg", "c.jpg"):
         assert kept[name] == before[name]
         assert (tmp_path / "thumbs" / kept[name][3]).is_file()
+
+
+def children_of(pid: int) -> set[int]:
+    """Every process `pid` started, from /proc (Linux)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent that does not reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_decoders_end_when_a_killed_sync_leaves_them(db_url, tmp_path):
+    images = tmp_path / "imgs"
+    rng = np.random.default_rng(3)
+    images.mkdir()
+    for i in range(60):  # enough that the kill lands while they decode (checked below)
+        pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"noise {i}.jpg", "JPEG", quality=90)
+    child = subprocess.Popen([sys.executable, "-m", "loader", "sync", "--jobs", "2", "--json"],
+                             env=cli_env(db_url, images, tmp_path / "data"), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    decoders: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(decoders) < 2 and child.poll() is None and time.monotonic() < deadline:
+            decoders = children_of(child.pid)
+            time.sleep(0.05)
+        assert len(decoders) == 2 and child.poll() is None, "sync should be decoding"
+        child.send_signal(signal.SIGKILL)  # the parent only: nobody is left to stop the decoders
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(running(pid) for pid in decoders) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in decoders), "decoders outlived their sync"
+    finally:
+        for pid in decoders:  # a failed run must not leave them behind
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
