@@ -96,6 +96,7 @@ class Settings:
     replicate_model: str = DEFAULT_REPLICATE_MODEL
     replicate_base_url: str | None = None
     replicate_max_per_minute: int = 600
+    replicate_poll_interval: float = 0.5  # the replicate client reads it too: checked here first
     embedder: str = "auto"
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_model_path: Path | None = None
@@ -131,10 +132,11 @@ class Settings:
             expected_vector_dim=_number(get, "EXPECTED_VECTOR_DIM", 768, int, 1, MAX_VECTOR_DIM),
             replicate_api_token=get("REPLICATE_API_TOKEN"),
             replicate_model=get("REPLICATE_MODEL") or DEFAULT_REPLICATE_MODEL,
-            replicate_base_url=get("REPLICATE_BASE_URL"),
+            replicate_base_url=_http_url(get, "REPLICATE_BASE_URL"),
             replicate_max_per_minute=_number(
                 get, "REPLICATE_MAX_PER_MINUTE", 600, int, 1, 1_000_000
             ),
+            replicate_poll_interval=_number(get, "REPLICATE_POLL_INTERVAL", 0.5, float, 0.01, 60),
             embedder=_choice(get, "EMBEDDER", EMBEDDERS, "auto"),
             clip_model=get("CLIP_MODEL") or DEFAULT_CLIP_MODEL,
             clip_model_path=Path(p).expanduser() if (p := get("CLIP_MODEL_PATH")) else None,
@@ -151,6 +153,14 @@ class Settings:
                 "R2 storage is configured but IMAGE_BASE_URL is not: set it to the bucket's "
                 "public URL (the same value in loader/.env and browse/.env)"
             )
+        web = self.web
+        for name, value, limit_name, limit in (
+            ("BROWSE_PAGE_SIZE", web.page_size, "BROWSE_MAX_PAGE_SIZE", web.max_page_size),
+            ("BROWSE_SEARCH_K", web.search_k, "BROWSE_MAX_K", web.max_k),
+            ("BROWSE_SIMILAR_K", web.similar_k, "BROWSE_MAX_K", web.max_k),
+        ):
+            if value > limit:
+                raise SettingsError(f"{name} must be at most {limit_name} ({limit}), got {value}")
         return self
 
 
@@ -184,7 +194,7 @@ def _r2_from_env(get) -> R2Settings | None:
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
         bucket=get("R2_BUCKET"),
         prefix=f"{prefix}/" if prefix else "",
-        endpoint_url=get("R2_ENDPOINT_URL") or "",
+        endpoint_url=_http_url(get, "R2_ENDPOINT_URL") or "",
     )
 
 
@@ -195,6 +205,13 @@ def _base_url(value: str | None) -> str | None:
         raise SettingsError(
             f"IMAGE_BASE_URL must start with http:// or https://, got {mask_url(value)[:80]!r}")
     return value.rstrip("/") + "/"
+
+
+def _http_url(get, name: str) -> str | None:
+    value = get(name)
+    if value is not None and not re.match(r"https?://[^/\s]", value):
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got {mask_url(value)[:80]!r}")
+    return value
 
 
 def _database_url(get, name: str) -> str | None:
@@ -222,7 +239,7 @@ def _number(get, name: str, default, kind: type, lowest: float, highest: float):
     if raw is None:
         return default
     what = "a whole number" if kind is int else "a number"
-    allowed = f"{what} from {lowest:g} to {highest:g}"
+    allowed = f"{what} from {_shown(lowest, kind)} to {_shown(highest, kind)}"
     try:
         value = kind(raw)
     except ValueError:
@@ -230,6 +247,10 @@ def _number(get, name: str, default, kind: type, lowest: float, highest: float):
     if not lowest <= value <= highest:  # NaN fails this too
         raise SettingsError(f"{name} must be {allowed}, got {raw[:40]!r}")
     return value
+
+
+def _shown(bound: float, kind: type) -> str:
+    return f"{int(bound):,}" if kind is int else f"{bound:g}"
 
 
 def _choice(get, name: str, allowed: tuple[str, ...], default: str) -> str:
