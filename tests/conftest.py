@@ -159,7 +159,8 @@ def immutable(folder: Path):
     """`folder` made unwritable for this process: chattr +i as root (as probing did), mode 0555
     otherwise; the test is skipped where neither holds (a container without the capability)."""
     if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True,
+                          timeout=30).returncode != 0:
             pytest.skip("chattr +i is not permitted here")
         undo = ["chattr", "-i", str(folder)]
     else:

@@ -178,7 +178,8 @@ def test_two_workers_in_parallel_embed_each_content_once(db_url, conn, settings,
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker did not finish in 120 s"
     assert all(r.embedded > 0 and r.failed == [] for r in reports)
     assert sum(r.embedded for r in reports) == 50 and sum(r.shared for r in reports) == 30
     assert len(server.predicted) == 50 and set(server.predicted.values()) == {1}

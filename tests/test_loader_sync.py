@@ -245,7 +245,7 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
     while time.monotonic() < deadline and catalogue.counts().images == 0 and child.poll() is None:
         time.sleep(0.02)
     os.killpg(child.pid, signal.SIGKILL)  # the whole process group: decoders too
-    child.wait()
+    child.wait(timeout=30)
     landed = catalogue.counts().images
     assert 0 < landed < 240, "the kill should land half-way"
 
@@ -258,7 +258,8 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
 
     assert {f"p/{name}" for name in catalogue.known_files()} <= objects()  # no row without its object
 
-    finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert catalogue.counts().images == 240
     names = set(catalogue.known_files())
@@ -269,7 +270,7 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
         body = admin.get_object(Bucket=bucket, Key=f"p/{name}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sha
     rerun = json.loads(subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True,
-                                      text=True).stdout)
+                                      text=True, timeout=300).stdout)
     assert rerun["unchanged"] == 240 and rerun["new"] == 0
 
 

@@ -211,5 +211,5 @@ def test_cpu_path_splits_change_nothing(tiny_clip, tokenizer):
     with ThreadPoolExecutor(2) as others:
         texts = others.submit(model.encode_text, ids)
         images = others.submit(model.encode_images, pixels)
-        np.testing.assert_allclose(texts.result(), expected_text, atol=1e-5)
-        np.testing.assert_allclose(images.result(), expected_images, atol=1e-5)
+        np.testing.assert_allclose(texts.result(timeout=120), expected_text, atol=1e-5)
+        np.testing.assert_allclose(images.result(timeout=120), expected_images, atol=1e-5)
