@@ -214,8 +214,6 @@ def _finish_file(storage: Storage, f: LocalFile, row: KnownFile | None, seen: In
         storage.put_thumbnail(thumb, seen.thumbnail)
     except StorageError as exc:
         return Outcome(f, "failed", error=str(exc))
-    except Exception as exc:  # a storage fault no one foresaw is this file's failure, not the run's
-        return Outcome(f, "failed", error=f"storing it failed: {type(exc).__name__}: {exc}")
     record = ImageRecord(f.key, seen.width, seen.height, seen.byte_size, seen.sha256,
                          seen.format, f.mtime_ns, thumb)
     if row is None:

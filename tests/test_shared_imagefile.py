@@ -81,3 +81,15 @@ def test_orientation_is_applied_exactly_once(tmp_path, kind, orientation):
     assert thumb.shape == expected.shape
     # Lossy codecs blur a little; a wrong turn or mirror is off by ~100 on average.
     assert np.abs(thumb - expected).mean() < 12
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "JPEG"])
+def test_a_thumbnail_of_an_image_not_yet_loaded_is_turned_once(kind):
+    """make_thumbnail reads what is left to turn only after the decoder had its say."""
+    from shared.imagefile import make_thumbnail
+
+    pixels = stored_pixels()
+    with Image.open(io.BytesIO(encode(pixels, kind, 6))) as image:
+        thumb = np.asarray(Image.open(io.BytesIO(make_thumbnail(image))).convert("RGB"), np.int16)
+    expected = as_displayed(pixels, 6).astype(np.int16)
+    assert thumb.shape == expected.shape and np.abs(thumb - expected).mean() < 12
