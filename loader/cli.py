@@ -17,7 +17,8 @@ from shared.embedders.base import EmbeddingError
 from shared.embedders.factory import BACKENDS
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import StorageError, open_storage
-from shared.store import Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect
+from shared.store import (Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect,
+                          connection_lost)
 
 APP_DIR = Path(__file__).resolve().parent
 
@@ -34,7 +35,9 @@ class Context:
         """The database connection, opened (and the embedded server started) on first use."""
         if self._conn is None:
             try:
-                self._conn = connect(database_url(self.settings), self.settings.database_setting)
+                where = (f"the embedded Postgres in {self.settings.data_dir / 'postgres'}"
+                         if self.settings.embedded_database else self.settings.database_setting)
+                self._conn = connect(database_url(self.settings), where)
             except DatabaseError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._conn
@@ -50,7 +53,19 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LoaderGroup(click.Group):
+    """The commands; a database that goes away in the middle of one is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command, turning a lost database connection into a ClickException."""
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as exc:
+            url = ctx.obj.settings.database_url if isinstance(ctx.obj, Context) else None
+            raise click.ClickException(connection_lost(exc, url)) from None
+
+
+@click.group(cls=LoaderGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Load a folder of images into Image Browser's database and storage.

@@ -173,8 +173,8 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
                 future.cancel()
             raise
         finally:
+            bar.close()  # first: a database gone away makes the flush below raise
             flush()  # whatever finished uploading is recorded, even when interrupted
-            bar.close()
 
 
 def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[LocalFile],

@@ -55,3 +55,12 @@ def connection_problem(url: str, setting: str, exc: BaseException) -> str:
     detail = " ".join(str(exc).split()) or type(exc).__name__
     detail = scrub(detail.replace(url, mask_url(url)), *url_secrets(url))
     return f"could not connect to the database ({setting} = {mask_url(url)}): {detail}"
+
+
+def connection_lost(exc: BaseException, url: str | None) -> str:
+    """One line saying the database went away during a command, with no password in it."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if url:
+        detail = scrub(detail, *url_secrets(url))
+    return (f"the database connection was lost ({detail}); what was written before is kept: "
+            "run the command again once the database is back")
