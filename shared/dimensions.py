@@ -47,9 +47,9 @@ def display_size(fp: BinaryIO) -> tuple[int, int]:
 def stored_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of the pixels as the file stores them, before any orientation.
 
-    Pillow 13 reports a TIFF's size already turned by its Orientation tag (and turns the
-    pixels on load) where Pillow 11 and 12 do not: the TIFF's own dimension tags say the
-    same under every version.
+    Pillow reports a TIFF's size already turned by its Orientation tag, and turns the pixels
+    on load (checked on 11.0 to 13.0; other formats are left as stored, and a release may
+    change that): the TIFF's own dimension tags say the same under every version.
     """
     tags = getattr(image, "tag_v2", None)
     if image.format == "TIFF" and tags is not None:
@@ -63,7 +63,7 @@ def pillow_orientation(image: Image.Image) -> int:
     """The EXIF orientation Pillow sees (HEIF/AVIF rotation boxes are mapped to it).
 
     Read before `load()` it is the file's; after, it is what is left to apply (a decoder
-    that turns the pixels itself, as Pillow 13 does for TIFF, removes the tag).
+    that turns the pixels itself, as Pillow does for TIFF, removes the tag).
     """
     try:
         return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)

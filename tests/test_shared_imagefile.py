@@ -1,9 +1,10 @@
 """One image file read: its displayed size and upright thumbnail, whatever Pillow does itself.
 
 The expected pictures are made with numpy from the EXIF definitions of the eight
-orientations, not with Pillow's own orientation handling, which changes between releases
-(Pillow 13 turns TIFFs on open, 11 and 12 do not): these tests run against whichever Pillow
-is installed and must fail if a release starts (or stops) turning a format itself.
+orientations, not with Pillow's own orientation handling, which differs by format and may
+change between releases (Pillow turns TIFFs itself, on open and load; JPEG, PNG, WebP and
+AVIF it leaves as stored): these tests run against whichever Pillow is installed and fail if
+a release starts (or stops) turning a format itself.
 """
 
 from __future__ import annotations
