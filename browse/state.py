@@ -18,7 +18,7 @@ from flask import current_app, g
 
 from shared.embedders.base import EmbeddingError
 from shared.imagefile import ImageProblem
-from shared.redact import scrub, url_password
+from shared.redact import scrub, url_secrets
 from shared.search import Search, SearchUnavailable
 from shared.settings import Settings
 from shared.storage import Storage
@@ -95,7 +95,7 @@ class Browse:
         """Log the first failure of an outage, once and without secrets (the page says less)."""
         if not self._database_down:
             self._database_down = True
-            detail = scrub(" ".join(str(exc).split()), url_password(self.pool.url))
+            detail = scrub(" ".join(str(exc).split()), *url_secrets(self.pool.url))
             log.warning("the database is unavailable: %s", detail)
 
     def _database_back(self) -> None:

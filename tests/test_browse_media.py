@@ -1,12 +1,15 @@
-"""Originals and thumbnails served from local storage: legal but odd names, MIME types, NULs."""
+"""Originals and thumbnails served from local storage: validators that follow the file, legal but
+odd names, MIME types, NULs."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 from urllib.parse import quote
 
 import pytest
-from browse_support import Picture, WordEmbedder, browse_env, draw, running_browse
+from browse_support import Picture, WordEmbedder, browse_env, build_library, draw, running_browse
 from conftest import WILD
 
 from browse import create_app
@@ -14,6 +17,31 @@ from loader.sync import run_sync
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.store import Catalogue, Schema, connect
+
+
+def test_an_original_edited_in_place_at_the_same_size_is_sent_again(pg_url, tmp_path):
+    """The stored hash is the ETag only while size and mtime are the loader's: an edit that
+    keeps the size must not be answered 304 with the old picture."""
+    library = build_library(pg_url, tmp_path, n_fillers=0)
+    app = create_app(library, embedder=None)
+    try:
+        client = app.test_client()
+        path = library.images_dir / "red-car.jpg"
+        before = path.read_bytes()
+        old_etag = f'"{hashlib.sha256(before).hexdigest()}"'
+        assert client.get("/media/original/red-car.jpg").headers["ETag"] == old_etag
+
+        edited = bytearray(before)
+        edited[200:260] = bytes(b ^ 0xFF for b in edited[200:260])  # same size, other bytes
+        mtime_ns = path.stat().st_mtime_ns
+        path.write_bytes(edited)
+        os.utime(path, ns=(mtime_ns, mtime_ns + 2_000_000_000))  # as an editor saving it later
+        again = client.get("/media/original/red-car.jpg", headers={"If-None-Match": old_etag})
+        assert again.status_code == 200 and again.data == bytes(edited)
+        assert again.headers["ETag"] != old_etag
+    finally:
+        app.extensions["image_browser"].close()
+
 
 # Legal on Linux and macOS; each once broke sync or the pages.
 ODD_NAMES = [

@@ -9,7 +9,7 @@
 
 from .bulk import BulkImage, copy_images
 from .catalogue import Catalogue
-from .connection import DatabaseError, connect, connection_problem, register_types
+from .connection import DatabaseError, connect, connection_lost, connection_problem, register_types
 from .pool import DatabaseUnavailable, Pool, PoolExhausted, open_pool
 from .queue import EmbeddingQueue
 from .rows import Claim, Counts, ImageRecord, ImageRow, KnownFile
@@ -19,5 +19,5 @@ __all__ = [
     "SCHEMA_VERSION", "TABLE", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError",
     "DatabaseUnavailable", "EmbeddingQueue", "Pool", "PoolExhausted",
     "ImageRecord", "ImageRow", "KnownFile", "Schema", "SchemaError", "SchemaReport", "SchemaState",
-    "connect", "connection_problem", "copy_images", "open_pool", "register_types",
+    "connect", "connection_lost", "connection_problem", "copy_images", "open_pool", "register_types",
 ]
