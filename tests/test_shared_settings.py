@@ -90,7 +90,9 @@ def test_web_settings_come_from_browse_variables():
 def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("EXPECTED_VECTOR_DIM=512\nIMAGES_DIR=/from/file\n")
     monkeypatch.setenv("IMAGES_DIR", "/from/env")
-    monkeypatch.delenv("EXPECTED_VECTOR_DIM", raising=False)
+    # setenv first so that monkeypatch removes what load_dotenv writes into the environment.
+    monkeypatch.setenv("EXPECTED_VECTOR_DIM", "")
+    monkeypatch.delenv("EXPECTED_VECTOR_DIM")
     settings = load_settings(tmp_path)
     assert settings.expected_vector_dim == 512
     assert settings.images_dir == Path("/from/env")
