@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -16,11 +17,18 @@ from .state import get_browse
 
 # Formats every current browser shows; others (HEIC, TIFF, ...) are shown by their thumbnail.
 BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
 UNDATED = "u"  # a cursor's place for rows sync has not dated yet
-MAX_ID = 2**63 - 1  # Postgres bigint
+# A cursor's parts as ASCII digits (Python's int() also takes other scripts' digits).
+_CURSOR = re.compile(r"(-?[0-9]{1,19}|u)\.([0-9]{1,19})")
+# Microseconds from the epoch to the first and last instants both Python and Postgres know.
+_MICROS = tuple((datetime(*end) - _NAIVE_EPOCH) // timedelta(microseconds=1)
+                for end in ((1, 1, 2), (9999, 12, 30)))
 OSM = "https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=15/{lat:.5f}/{lon:.5f}"
+
+# Control characters, and the marks, embeddings, overrides and isolates of the bidi algorithm.
+HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # One image in a grid: its row, and its similarity when it was found by a search.
 Shown = tuple[ImageRow, float | None]
@@ -124,15 +132,13 @@ def get_image(image_id: int) -> ImageRow:
 def search_text(query: str, k: int, filters: Filters | None = None) -> list[Hit]:
     """The k images nearest a description (SearchError when it cannot be answered)."""
     browse = get_browse()
-    vector = browse.query_vector(browse.search.embed_text, query)
-    return browse.search.by_vector(vector, k, filters=filters)
+    return browse.search.by_vector(browse.text_vector(query), k, filters=filters)
 
 
 def search_upload(data: bytes, k: int, filters: Filters | None = None) -> list[Hit]:
     """The k images nearest an uploaded image (BadUpload when it is not a usable image)."""
     browse = get_browse()
-    vector = browse.query_vector(browse.search.embed_image, data)
-    return browse.search.by_vector(vector, k, filters=filters)
+    return browse.search.by_vector(browse.image_vector(data), k, filters=filters)
 
 
 def similar_to(image_id: int, k: int,
@@ -182,18 +188,21 @@ def encode_cursor(row: ImageRow) -> str:
 
 
 def decode_cursor(value: str) -> TimelineKey:
-    """The (taken_at, id) a cursor names; ValueError when it is not one of ours."""
-    micros, _, image_id = value.partition(".")
-    dated = micros.lstrip("-").isdigit() and micros.isascii()
-    if not (dated or micros == UNDATED) or not (image_id.isdigit() and image_id.isascii()) \
-            or len(value) > 40 or int(image_id) > MAX_ID:
+    """The (taken_at, id) a cursor names; ValueError when it is not one of ours.
+
+    Both numbers are checked against what datetime and a bigint can hold, so a crafted
+    cursor is a 400, never an overflow.
+    """
+    match = _CURSOR.fullmatch(value)
+    image_id = int(match[2]) if match else 0
+    if not match or not 0 < image_id <= MAX_ID:
         raise ValueError(f"not a page cursor: {value[:40]!r}")
-    if not dated:
-        return None, int(image_id)
-    try:
-        return _NAIVE_EPOCH + timedelta(microseconds=int(micros)), int(image_id)
-    except OverflowError:  # beyond the years a datetime can hold
-        raise ValueError(f"not a page cursor: {value[:40]!r}") from None
+    if match[1] == UNDATED:
+        return None, image_id
+    micros = int(match[1])
+    if not _MICROS[0] <= micros <= _MICROS[1]:
+        raise ValueError(f"not a page cursor: {value[:40]!r}")
+    return _NAIVE_EPOCH + timedelta(microseconds=micros), image_id
 
 
 # --- how an image is addressed and described -------------------------------------------
@@ -240,9 +249,9 @@ def image_json(row: ImageRow, similarity: float | None = None) -> dict:
         "latitude": row.latitude,
         "longitude": row.longitude,
         "folder": row.folder,
-        "thumbnail_url": _absolute(thumbnail_src(row)),
-        "original_url": _absolute(original_src(row)),
-        "page_url": url_for("browse.image_page", image_id=row.id, _external=True),
+        "thumbnail_url": _public(thumbnail_src(row)),
+        "original_url": _public(original_src(row)),
+        "page_url": _public(url_for("browse.image_page", image_id=row.id)),
     }
     if similarity is not None:
         out["similarity"] = round(similarity, 6)
@@ -286,6 +295,21 @@ def place(row: ImageRow) -> str | None:
     return f"{lat}, {abs(row.longitude):.5f}° {'E' if row.longitude >= 0 else 'W'}"
 
 
+def display_name(name: str) -> str:
+    """A file name as pages show it: characters that reorder or hide text made visible.
+
+    A right-to-left override (U+202E) would make "x" + U+202E + "ABC.jpg" read "xgpj.CBA", and
+    control characters (a newline) would vanish; each is shown as its code point instead.
+    The JSON API and links keep the real name.
+    """
+    return HIDDEN.sub(lambda m: f"[U+{ord(m[0]):04X}]", name)
+
+
+def title_name(name: str) -> str:
+    """display_name() isolated for plain text (a page title): no direction leaks past it."""
+    return f"\u2068{display_name(name)}\u2069"  # FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE
+
+
 def modified_at(row: ImageRow) -> str | None:
     """The file's modification time as ISO 8601, when known."""
     if row.mtime_ns is None:
@@ -293,9 +317,12 @@ def modified_at(row: ImageRow) -> str | None:
     return datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def _absolute(url: str | None) -> str | None:
-    if url is None or url.startswith(("http://", "https://")):
-        return url
-    from flask import request
+def _public(url: str | None) -> str | None:
+    """A URL as the JSON gives it: under BROWSE_PUBLIC_URL when set, else relative to this server.
 
-    return request.host_url.rstrip("/") + url
+    Never built from the request's Host header, which the client chooses.
+    """
+    base = get_browse().settings.web.public_url
+    if url is None or base is None or url.startswith(("http://", "https://")):
+        return url
+    return base + url

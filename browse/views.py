@@ -30,6 +30,8 @@ def _page_context() -> dict:
         "fargs": filter_args(filters),
         "chips": chips(filters),
         "cameras": browse.camera_list,
+        "display_name": present.display_name,
+        "title_name": present.title_name,
     }
 
 
@@ -140,7 +142,7 @@ def thumbnail(key: str):
     return media.send_thumbnail(key)
 
 
-@bp.get("/media/original/<path:key>")
+@bp.get("/media/original/<filename:key>")
 def original(key: str):
     """An original from local storage."""
     return media.send_original(key)

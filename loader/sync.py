@@ -11,11 +11,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.imagefile import ImageProblem, Inspection, inspect_image, photo_metadata, prepare_decoders
+from shared.lifeline import exit_with_parent
 from shared.photo_metadata import PhotoMetadata
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
-from .scan import LocalFile, scan_images
+from .scan import LocalFile, ScanResult, scan_images
 
 # Rows are written in batches: every FLUSH_EVERY rows or FLUSH_SECONDS, whichever comes first.
 # A killed run redoes at most one batch of files (their uploads are idempotent).
@@ -68,7 +69,14 @@ def run_sync(
     prune: bool = False,
     progress: bool | None = None,
 ) -> SyncReport:
-    """Scan, inspect what changed on `jobs` processes, upload, then write rows."""
+    """Scan, inspect what changed on `jobs` processes, upload, then write rows.
+
+    Raises StorageError, before anything is read, when `storage` cannot keep originals of
+    `images_dir` where every app finds them.
+    """
+    problem = storage.folder_problem(images_dir)
+    if problem:
+        raise StorageError(problem)
     started = time.perf_counter()
     report = SyncReport(dry_run=dry_run)
     scan = scan_images(images_dir)
@@ -77,7 +85,7 @@ def run_sync(
     known = catalogue.known_files()
     todo = [f for f in scan.files if _needs_look(f, known.get(f.key))]
     report.unchanged = len(scan.files) - len(todo)
-    gone = sorted(set(known) - {f.key for f in scan.files} - {key for key, _ in scan.problems})
+    gone = _gone(known, scan)
 
     if dry_run:
         for f in todo:
@@ -88,13 +96,37 @@ def run_sync(
     else:
         _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
         if prune and gone:
-            for key in catalogue.delete_images(gone):
-                storage.delete_thumbnail(key)
-            for key in gone:
-                storage.delete_original(key)
-            report.pruned = len(gone)
+            _prune(catalogue, storage, gone, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _gone(known: dict[str, KnownFile], scan: ScanResult) -> list[str]:
+    """Rows whose files are really gone: not found, and not in a file or folder that this scan
+    could not read (a folder's problem is keyed "name/", the top folder's ".")."""
+    unreadable = [key for key, _ in scan.problems]
+    seen = {f.key for f in scan.files}
+
+    def spared(key: str) -> bool:
+        return any(key == bad or bad == "." or (bad.endswith("/") and key.startswith(bad))
+                   for bad in unreadable)
+
+    return sorted(key for key in known if key not in seen and not spared(key))
+
+
+def _prune(catalogue: Catalogue, storage: Storage, gone: list[str], report: SyncReport) -> None:
+    """Forget rows of deleted files, then their objects; an object left behind is reported."""
+    for key in catalogue.delete_images(gone):
+        try:
+            storage.delete_thumbnail(key)
+        except StorageError as exc:
+            report.failed.append({"file": f"thumbnail {key}", "error": f"forgotten, but {exc}"})
+    for key in gone:
+        try:
+            storage.delete_original(key)
+        except StorageError as exc:
+            report.failed.append({"file": key, "error": f"forgotten, but {exc}"})
+    report.pruned = len(gone)
 
 
 def _needs_look(f: LocalFile, row: KnownFile | None) -> bool:
@@ -136,7 +168,7 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
 
     bar = tqdm(total=sum(f.byte_size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
                desc="sync", disable=progress is False or not todo, file=sys.stderr, smoothing=0.1)
-    with ProcessPoolExecutor(max_workers=jobs) as decoders, \
+    with ProcessPoolExecutor(max_workers=jobs, initializer=exit_with_parent) as decoders, \
             ThreadPoolExecutor(max_workers=max(4, jobs * 4)) as movers:
         futures: list[Future[list[Outcome]]] = [
             movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels)
@@ -163,8 +195,8 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
                 future.cancel()
             raise
         finally:
+            bar.close()  # first: a database gone away makes the flush below raise
             flush()  # whatever finished uploading is recorded, even when interrupted
-            bar.close()
 
 
 def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[LocalFile],

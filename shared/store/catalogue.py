@@ -36,6 +36,9 @@ class FolderRow:
     cover_id: int | None
 
 
+PGVECTOR_MAX_EF_SEARCH = 1000  # pgvector refuses more
+
+
 class Catalogue:
     """Reads and writes image rows on one connection, a method per query."""
 
@@ -302,7 +305,8 @@ class Catalogue:
                 "set_config('hnsw.max_scan_tuples', %s, true), "
                 "set_config('enable_sort', %s, true), "
                 "set_config('statement_timeout', %s, true)",
-                (str(max(ef_search, want)), iterative_scan, str(int(max_scan_tuples)),
+                (str(min(PGVECTOR_MAX_EF_SEARCH, max(ef_search, want))), iterative_scan,
+                 str(int(max_scan_tuples)),
                  # Every plan but the HNSW walk sorts. The planner would pick a filter's btree
                  # and sort all its rows, slow when many match (and exact=False means many
                  # do), unless sorting is its last resort.

@@ -1,4 +1,4 @@
-"""Connections to Postgres: one at a time for commands, a pool for the web app.
+"""Connections to Postgres, one at a time (the web app's pool is in `pool.py`).
 
 pgvector's types are registered on a connection only once the extension exists (a fresh
 database gets it from `Schema.ensure`, which registers its own connection afterwards).
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg_pool import ConnectionPool
 
-from ..redact import mask_url, scrub, url_password
+from ..redact import mask_url, scrub, url_secrets
 
 CONNECT_TIMEOUT_S = 10
 
@@ -29,19 +28,6 @@ def connect(url: str, setting: str = "the database URL") -> psycopg.Connection:
     return conn
 
 
-def open_pool(url: str, size: int, *, timeout_s: float = 10.0) -> ConnectionPool:
-    """A pool of autocommit connections that know pgvector's types."""
-    return ConnectionPool(
-        url,
-        min_size=1,
-        max_size=size,
-        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-        configure=register_types,
-        timeout=timeout_s,
-        open=True,
-    )
-
-
 def register_types(conn: psycopg.Connection) -> bool:
     """Teach the connection pgvector's types when the extension exists; say whether it did."""
     installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
@@ -53,5 +39,14 @@ def register_types(conn: psycopg.Connection) -> bool:
 def connection_problem(url: str, setting: str, exc: BaseException) -> str:
     """One line saying why the database at `url` could not be used, with no password in it."""
     detail = " ".join(str(exc).split()) or type(exc).__name__
-    detail = scrub(detail.replace(url, mask_url(url)), url_password(url))
+    detail = scrub(detail.replace(url, mask_url(url)), *url_secrets(url))
     return f"could not connect to the database ({setting} = {mask_url(url)}): {detail}"
+
+
+def connection_lost(exc: BaseException, url: str | None) -> str:
+    """One line saying the database went away during a command, with no password in it."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if url:
+        detail = scrub(detail, *url_secrets(url))
+    return (f"the database connection was lost ({detail}); what was written before is kept: "
+            "run the command again once the database is back")
