@@ -103,3 +103,9 @@ def test_json_urls_start_with_the_configured_public_url(library):
             assert image[field].startswith("https://photos.example.com/"), image[field]
     finally:
         app.extensions["image_browser"].close()
+
+
+def test_a_cursor_may_stand_among_rows_sync_has_not_dated_yet(app):
+    body = app.test_client().get("/api/images", query_string={"cursor": "u.999999"}).get_json()
+    assert body["images"] == [] and body["next_cursor"] is None  # every row here is dated
+    assert decode_cursor("u.7") == (None, 7)
