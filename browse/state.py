@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.embedders.base import EmbeddingError
 from shared.imagefile import ImageProblem
+from shared.progress import Board, TaskState
 from shared.redact import scrub
 from shared.search import Search, SearchUnavailable
 from shared.settings import Settings
@@ -53,6 +54,7 @@ class Browse:
     pool: ConnectionPool
     storage: Storage
     search: Search
+    board: Board | None = None  # the background work of this process (loader up), if any
     _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
     executor: ThreadPoolExecutor = field(init=False)
 
@@ -95,7 +97,11 @@ class Browse:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
-    # --- what the pages warn about ---------------------------------------------------
+    # --- what the pages warn about, and what the process is doing ----------------------
+
+    def activity(self) -> list[TaskState]:
+        """The background work of this process (download, sync, embedding), for /status."""
+        return self.board.tasks() if self.board is not None else []
 
     def warnings(self) -> list[str]:
         """Everything a page should show in its warning banner."""

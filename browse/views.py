@@ -19,9 +19,11 @@ def _page_context() -> dict:
     browse = get_browse()
     return {
         "warnings": browse.warnings(),
-        "search_off": browse.search.off_reason,
+        "search_off": browse.search.off_summary,
         "fmt_size": _fmt_size,
         "thumbnail_src": present.thumbnail_src,
+        "live_poll_ms": int(browse.settings.web.live_poll_s * 1000),
+        "max_page_size": browse.settings.web.max_page_size,
     }
 
 
@@ -36,7 +38,9 @@ def home():
     cursor = request.args.get("cursor")
     page = present.library_page(size, cursor)
     counts = None if cursor else get_browse().summary_counts()
-    return render_template("browse/home.html", page=page, counts=counts, first=not cursor)
+    version = None if cursor else get_browse().catalogue().version()
+    return render_template("browse/home.html", page=page, counts=counts, first=not cursor,
+                           library_version=version)
 
 
 def _search_page(query: str):
@@ -89,9 +93,12 @@ def upload_page():
 def status_page():
     """How many images wait for embeddings, and whether the dimensions agree."""
     browse = get_browse()
-    counts = browse.catalogue().counts()
+    catalogue = browse.catalogue()
+    counts, hidden = catalogue.counts(), catalogue.hidden_count()
     pgvector = Schema(browse.connection()).pgvector_version()
-    return render_template("browse/status.html", counts=counts, browse=browse, pgvector=pgvector)
+    return render_template("browse/status.html", counts=counts, hidden=hidden, browse=browse,
+                           pgvector=pgvector, activity=browse.activity(),
+                           library_version=catalogue.version())
 
 
 @bp.get("/media/thumb/<path:key>")

@@ -64,6 +64,7 @@ class MlxClipEmbedder(Embedder):
         batch_size: int = 8,
         decode_workers: int | None = None,
         download: bool = True,
+        on_progress=None,
     ) -> None:
         self.model_name = model
         self.model_path = model_path
@@ -72,6 +73,7 @@ class MlxClipEmbedder(Embedder):
         self.expected_dim = expected_dim
         self.batch_size = batch_size
         self.download = download
+        self.on_progress = on_progress  # told of a download's progress (DownloadProgress)
         # The model names the vectors; a local path is only where that model's files live.
         self.model_id = f"mlx:{model}"
         self.supports_images = not text_only
@@ -97,7 +99,8 @@ class MlxClipEmbedder(Embedder):
         return self._loaded
 
     def _load(self) -> _Loaded:
-        folder = resolve_checkpoint(self.model_name, self.model_path, download=self.download)
+        folder = resolve_checkpoint(self.model_name, self.model_path, download=self.download,
+                                    on_progress=self.on_progress)
         model = load_model(folder, dtype=self.dtype or default_dtype(), text_only=self.text_only)
         config = model.config
         if self.expected_dim is not None and config.projection_dim != self.expected_dim:

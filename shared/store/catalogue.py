@@ -25,7 +25,8 @@ class Catalogue:
         with self.conn.cursor(row_factory=class_row(KnownFile)) as cur:
             cur.execute(
                 """SELECT filename, byte_size, mtime_ns, sha256,
-                          thumbnail_key IS NOT NULL AS has_thumbnail
+                          thumbnail_key IS NOT NULL AS has_thumbnail,
+                          missing_since IS NOT NULL AS missing
                    FROM image_embeddings"""
             )
             return {row.filename: row for row in cur}
@@ -49,7 +50,7 @@ class Catalogue:
                        width = EXCLUDED.width, height = EXCLUDED.height,
                        byte_size = EXCLUDED.byte_size, format = EXCLUDED.format,
                        mtime_ns = EXCLUDED.mtime_ns, thumbnail_key = EXCLUDED.thumbnail_key,
-                       sha256 = EXCLUDED.sha256,
+                       sha256 = EXCLUDED.sha256, missing_since = NULL,
                        embedding = CASE WHEN {changed} THEN NULL
                                         ELSE image_embeddings.embedding END,
                        embedding_model = CASE WHEN {changed} THEN NULL
@@ -72,6 +73,27 @@ class Catalogue:
                     "UPDATE image_embeddings SET mtime_ns = %s, byte_size = %s WHERE filename = %s",
                     params,
                 )
+
+    def hide(self, filenames: list[str]) -> int:
+        """Hide the rows of files gone from the folder, keeping them (and their embeddings) for
+        when the files come back; return how many were newly hidden."""
+        if not filenames:
+            return 0
+        return self.conn.execute(
+            """UPDATE image_embeddings SET missing_since = now(), updated_at = now()
+               WHERE filename = ANY(%s) AND missing_since IS NULL""",
+            (filenames,),
+        ).rowcount
+
+    def restore(self, filenames: list[str]) -> int:
+        """Show again the hidden rows of files that are back; return how many were hidden."""
+        if not filenames:
+            return 0
+        return self.conn.execute(
+            """UPDATE image_embeddings SET missing_since = NULL, updated_at = now()
+               WHERE filename = ANY(%s) AND missing_since IS NOT NULL""",
+            (filenames,),
+        ).rowcount
 
     def delete_images(self, filenames: list[str]) -> list[str]:
         """Delete rows; return the thumbnail keys no remaining row refers to."""
@@ -103,15 +125,29 @@ class Catalogue:
                           count(*) FILTER (WHERE embedding IS NULL AND last_error IS NULL) AS waiting,
                           count(*) FILTER (WHERE embedding IS NULL AND last_error IS NOT NULL)
                               AS failed
-                   FROM image_embeddings"""
+                   FROM image_embeddings WHERE missing_since IS NULL"""
             ).fetchone()
+
+    def hidden_count(self) -> int:
+        """How many rows are hidden because their files are gone from the folder."""
+        return self.conn.execute(
+            "SELECT count(*) FROM image_embeddings WHERE missing_since IS NOT NULL"
+        ).fetchone()[0]
+
+    def version(self) -> str:
+        """A marker that changes whenever the visible library changes (rows added, changed,
+        embedded, hidden, restored or deleted): the pages compare it to update themselves."""
+        count, changed = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE missing_since IS NULL), max(updated_at) FROM image_embeddings"
+        ).fetchone()
+        return f"{count}:{changed.timestamp() if changed else 0:.6f}"
 
     def list_images(self, limit: int, before: tuple[datetime, int] | None = None) -> list[ImageRow]:
         """A page of the library, newest first; `before` is the (created_at, id) of the last row seen."""
         with self._rows() as cur:
             if before is None:
                 cur.execute(
-                    f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
+                    f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE missing_since IS NULL
                         ORDER BY created_at DESC, id DESC LIMIT %s""",
                     (limit,),
                 )
@@ -119,7 +155,7 @@ class Catalogue:
                 # A row comparison walks the (created_at DESC, id DESC) index: no OFFSET, no skips.
                 cur.execute(
                     f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
-                        WHERE (created_at, id) < (%s, %s)
+                        WHERE (created_at, id) < (%s, %s) AND missing_since IS NULL
                         ORDER BY created_at DESC, id DESC LIMIT %s""",
                     (before[0], before[1], limit),
                 )
@@ -129,14 +165,17 @@ class Catalogue:
         """One row by id, or None."""
         with self._rows() as cur:
             return cur.execute(
-                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = %s", (image_id,)
+                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = %s AND missing_since IS NULL",
+                (image_id,),
             ).fetchone()
 
     def get_image_by_filename(self, filename: str) -> ImageRow | None:
         """One row by its file name (the storage key), or None."""
         with self._rows() as cur:
             return cur.execute(
-                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE filename = %s", (filename,)
+                f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
+                    WHERE filename = %s AND missing_since IS NULL""",
+                (filename,),
             ).fetchone()
 
     def neighbours_in_order(self, image_id: int) -> tuple[int | None, int | None]:
@@ -144,8 +183,10 @@ class Catalogue:
         row = self.conn.execute(
             """SELECT
                  (SELECT n.id FROM image_embeddings n WHERE (n.created_at, n.id) > (i.created_at, i.id)
+                    AND n.missing_since IS NULL
                   ORDER BY n.created_at, n.id LIMIT 1),
                  (SELECT o.id FROM image_embeddings o WHERE (o.created_at, o.id) < (i.created_at, i.id)
+                    AND o.missing_since IS NULL
                   ORDER BY o.created_at DESC, o.id DESC LIMIT 1)
                FROM image_embeddings i WHERE i.id = %s""",
             (image_id,),
@@ -182,7 +223,7 @@ class Catalogue:
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
                 found = cur.execute(
                     f"""SELECT {IMAGE_COLUMNS}, embedding <=> %s AS distance
-                        FROM image_embeddings WHERE embedding IS NOT NULL
+                        FROM image_embeddings WHERE embedding IS NOT NULL AND missing_since IS NULL
                         ORDER BY embedding <=> %s LIMIT %s""",
                     (vector, vector, want),
                 ).fetchall()

@@ -54,6 +54,7 @@ class KnownFile:
     mtime_ns: int | None
     sha256: str | None
     has_thumbnail: bool
+    missing: bool = False  # hidden: the file was gone at the last sync
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import psycopg
 from .connection import register_types
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
 
 VECTOR_INDEX = "image_embeddings_embedding_hnsw"
@@ -51,6 +51,10 @@ MIGRATIONS = (
     # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
     "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
+    # v3: a file gone from the folder is hidden, not forgotten (its row and embedding come back
+    # when it reappears); the pages' live updates ask for the latest change.
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS missing_since timestamptz",
+    "CREATE INDEX IF NOT EXISTS image_embeddings_updated_idx ON image_embeddings (updated_at)",
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
