@@ -7,6 +7,7 @@ reappears (an unplugged drive must not wipe a library); `prune` forgets such fil
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ FLUSH_EVERY = 256
 FLUSH_SECONDS = 0.5
 # Files handed to a decoder process at once: fewer round trips, still fine-grained progress.
 CHUNK = 4
+PARENT_CHECK_S = 1.0  # how often a decoder process checks that its parent is alive
 
 
 @dataclass
@@ -86,13 +88,30 @@ def decoder_pool(jobs: int) -> ProcessPoolExecutor:
     threads (a web server, a model) may hold locks, and leave stopping to their parent.
     """
     context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_decoder_start)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_decoder_start,
+                               initargs=(os.getpid(),))
 
 
-def _decoder_start() -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when its decoders stop.
+def _decoder_start(parent: int) -> None:
+    """In each decoder: leave signals to the parent, and exit if the parent is gone."""
+    # Ctrl-C (and a service manager's SIGTERM) reach the whole process group: the parent
+    # decides when its decoders stop, after the files in hand are recorded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    """A decoder waits for work on a queue that never closes: once its parent is gone (killed),
+    nothing else would end it."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass
 
 
 @dataclass(frozen=True)
