@@ -104,7 +104,7 @@ class Progress:
                  every_s: float = 10.0, out: TextIO | None = None) -> None:
         self.board = board
         self.every_s = every_s
-        self.out = out or sys.stderr
+        self._out = out
         self._lock = threading.Lock()
         self._state = TaskState(name, template, done, total, unit)
         self._samples: deque[tuple[float, float]] = deque([(time.monotonic(), done)])
@@ -113,6 +113,11 @@ class Progress:
         self._bar = self._make_bar() if show is not False and _is_terminal(self.out) else None
         self._lines = show is not False and self._bar is None
         self._publish()
+
+    @property
+    def out(self) -> TextIO:
+        """Where lines and bars go: `out`, else whatever sys.stderr is at the time."""
+        return self._out or sys.stderr
 
     @property
     def state(self) -> TaskState:
