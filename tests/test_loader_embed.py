@@ -271,3 +271,79 @@ def test_cli_says_which_images_wait_for_another_workers_leases(settings, server,
     assert "embedded 2 with" in result.output
     assert "2 images are leased by another worker (or one that was stopped)" in result.output
     assert "run embed again after " in result.output
+
+
+def test_leases_of_dead_workers_on_this_machine_are_given_back(conn):
+    import socket
+
+    from loader.embed import release_dead_workers
+
+    Catalogue(conn).upsert_images([ImageRecord(f"{n}.png", 1, 1, 1, n * 64, "PNG", 0, None)
+                                   for n in "abc"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    queue = EmbeddingQueue(conn, "m")
+    queue.claim(f"{host}:{gone}:dead01", 1, lease_seconds=600)  # a process that has exited
+    queue.claim(f"{host}:{os.getpid()}:alive1", 1, lease_seconds=600)  # this one, alive
+    queue.claim(f"elsewhere:{gone}:remote", 1, lease_seconds=600)  # another machine's
+    assert release_dead_workers(queue) == 1
+    assert sorted(queue.holders()) == sorted([f"{host}:{os.getpid()}:alive1", f"elsewhere:{gone}:remote"])
+
+
+def test_a_stop_finishes_the_images_in_hand_and_gives_the_rest_back(conn, settings, server):
+    seed(conn, settings.images_dir, many(30))
+    server.latency = 0.3
+    stop = threading.Event()
+    done: dict = {}
+
+    def work() -> None:
+        done["report"] = run_embed(conn, make_embedder(server), storage_for(settings),
+                                   EmbedOptions(jobs=4), progress=False, stop=stop)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while server.stats["creates"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=30)
+    report = done["report"]
+    assert report.stopped and 0 < report.embedded < 30
+    found = rows(conn)
+    assert all(row["claimed_by"] is None for row in found.values())  # leases given back
+    assert sum(row["embedding"] is not None for row in found.values()) == report.embedded
+    # Every prediction that was paid for was saved: none will be made again.
+    assert len(server.predicted) == report.embedded and set(server.predicted.values()) == {1}
+
+
+def test_auto_backend_fetches_the_model_once_saying_its_size_first(db_url, tmp_path, fake_hub):
+    from fake_hub import client_env
+    from PIL import Image
+
+    from shared.store import Schema
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (80 * i, 40, 40)).save(images / f"p{i}.jpg")
+    with connect(db_url) as own:
+        Schema(own).ensure(24)
+    env = client_env(fake_hub.url, tmp_path / "hf", SUPABASE_DB_URL=db_url, IMAGES_DIR=str(images),
+                     DATA_DIR=str(tmp_path / "data"), EXPECTED_VECTOR_DIM="24",
+                     PROGRESS_EVERY_S="0.1", REPLICATE_API_TOKEN="", EMBEDDER="auto")
+    subprocess.run([sys.executable, "-m", "loader", "sync", "--json"], env=env, cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    fetched = subprocess.run([sys.executable, "-m", "loader", "embed", "--backend", "auto"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert fetched.returncode == 0, fetched.stderr
+    said = fetched.stderr.splitlines()
+    assert said[0].startswith("fetching openai/clip-vit-large-patch14 (") and "MB)" in said[0]
+    assert any(line.startswith("model: ") and "downloaded" in line for line in said)
+    assert "\r" not in fetched.stderr  # plain lines, not a bar, when the output is a pipe
+    assert "embedded 3 with mlx:openai/clip-vit-large-patch14" in fetched.stdout
+    fake_hub.reset_counters()
+    again = subprocess.run([sys.executable, "-m", "loader", "embed"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and "fetching" not in again.stderr
+    assert not [key for key in fake_hub.requests if "/resolve/" in key]
