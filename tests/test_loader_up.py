@@ -292,3 +292,25 @@ def test_sigkill_during_the_embedding_then_the_next_run_takes_over_at_once(db_ur
     again = Up(env)  # the dead worker held leases for 5 minutes: they are taken back now
     wait_for(lambda: fully_embedded(again), 60, "every photo to be embedded")
     assert again.stop() == 0
+
+
+def test_loader_watch_keeps_a_library_live_without_pages(db_url, home):
+    env = up_env(home, "http://127.0.0.1:9", SUPABASE_DB_URL=db_url, EMBEDDER="none")
+    watcher = subprocess.Popen([sys.executable, "-m", "loader", "watch", "--jobs", "1"], env=env,
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def names() -> set[str]:
+            try:
+                return set(rows_in(db_url))
+            except Exception:  # the table is not there until watch has started
+                return set()
+
+        wait_for(lambda: len(names()) == len(COLOURS), 60, "the first sync")
+        Image.new("RGB", (50, 50), (1, 2, 3)).save(home / "images" / "later.jpg")
+        wait_for(lambda: "later.jpg" in names(), 30, "the new photo's row")
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=60) == 0
+    finally:
+        watcher.kill()
+        _, err = watcher.communicate(timeout=10)
+    assert "sync: added 1" in err and "stopped" in err and "Traceback" not in err
