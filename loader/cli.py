@@ -290,6 +290,7 @@ def status(app: Context, as_json: bool) -> None:
     exists = schema.table_exists()
     counts = Catalogue(app.conn).counts().as_dict() if exists else {
         "images": 0, "embedded": 0, "waiting": 0, "failed": 0}
+    counts["hidden"] = Catalogue(app.conn).hidden_count() if exists else 0
     info = {
         "database": describe(settings),
         "storage": open_storage(settings).describe(),
@@ -305,5 +306,6 @@ def status(app: Context, as_json: bool) -> None:
         click.echo("no image_embeddings table yet: run `loader ensure-schema` or `loader sync`")
     for label, key in (("database", "database"), ("storage", "storage"), ("pgvector", "pgvector_version"),
                        ("vector dimension", "table_vector_dim"), ("images", "images"),
-                       ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed")):
+                       ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed"),
+                       ("hidden (gone)", "hidden")):
         click.echo(f"{label + ':':<18}{info[key] if info[key] is not None else '-'}")

@@ -167,7 +167,8 @@ class LiveLibrary:
                                        progress=progress, stop=self.stop)
                 except FAULTS as exc:
                     say(f"embed: {_one_line(exc)}; trying again in {RETRY_S:g} s")
-                    conn = _closed(conn)
+                    _closed(conn)
+                    conn = None
                     self.stop.wait(RETRY_S)
                     continue
                 _say_embed(report)
@@ -222,7 +223,6 @@ def _closed(conn: psycopg.Connection | None) -> None:
             conn.close()
         except psycopg.Error:
             pass
-    return None
 
 
 def _one_line(exc: BaseException) -> str:

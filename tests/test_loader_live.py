@@ -3,9 +3,7 @@ a tiny random-weight CLIP in MLX, on the test Postgres. Short debounce and settl
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import shutil
 import threading
 import time
 from pathlib import Path

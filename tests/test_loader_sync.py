@@ -385,6 +385,7 @@ def test_sigterm_stops_loader_sync_cleanly_and_the_next_run_finishes(db_url, tmp
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert "stopped before the end" in err and "Traceback" not in err
+    assert "\r" not in err  # a log gets plain progress lines, not a bar (issue 13, item 15)
     landed = Catalogue(conn).counts().images
     assert 0 < landed < 150 and f"added {landed}," in out
     rerun = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)

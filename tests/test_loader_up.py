@@ -49,6 +49,20 @@ def wait_for(condition, timeout: float, what: str):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+RUNNING: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_left():
+    """A failed test must not leave a `loader up` running into the next ones."""
+    yield
+    while RUNNING:
+        process = RUNNING.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 class Up:
     """One `loader up` process: its URL, its output, and ways to stop it."""
 
@@ -57,6 +71,7 @@ class Up:
             [sys.executable, "-m", "loader", "up", "--port", "0", "--jobs", "1"],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)  # its own process group: what it started can be found
+        RUNNING.append(self.process)
         self.err: list[str] = []
         threading.Thread(target=self._read_err, daemon=True).start()
         ready, _, _ = select.select([self.process.stdout], [], [], 60)
