@@ -52,15 +52,19 @@ def wait_for(condition, timeout: float, what: str):
 RUNNING: list[subprocess.Popen] = []
 
 
-@pytest.fixture(autouse=True)
-def no_process_left():
+def kill_running() -> None:
     """A failed test must not leave a `loader up` running into the next ones."""
-    yield
     while RUNNING:
         process = RUNNING.pop()
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left():
+    yield
+    kill_running()
 
 
 class Up:
@@ -147,6 +151,7 @@ def home():
     for i, colour in enumerate(COLOURS):
         Image.new("RGB", (96 + 8 * i, 64), colour).save(folder / "images" / f"photo-{i}.jpg")
     yield folder
+    kill_running()
     stop_postgres(folder / "data" / "postgres")
     shutil.rmtree(folder, ignore_errors=True)
 
