@@ -147,6 +147,7 @@ def searchable_latency(home: Path, model: Path) -> dict:
     until(lambda: (c := up.status().get("counts")) and c["images"] == 8 and c["embedded"] == 8,
           600, 0.2)
     rows = [land(up, home, 100 + i, embedded=False) for i in range(3)]
+    until(lambda: up.status()["counts"]["embedded"] == 11, 900, 0.2)  # an idle backfill again
     searchable = [land(up, home, 200 + i, embedded=True) for i in range(3)]
     code = up.stop()
     return {"row_after_landing_s": rows, "searchable_after_landing_s": searchable, "exit": code}
