@@ -347,3 +347,22 @@ def test_auto_backend_fetches_the_model_once_saying_its_size_first(db_url, tmp_p
                            capture_output=True, text=True, timeout=180)
     assert again.returncode == 0 and "fetching" not in again.stderr
     assert not [key for key in fake_hub.requests if "/resolve/" in key]
+
+
+def test_sigterm_stops_loader_embed_with_what_is_in_hand_saved(conn, settings, server):
+    seed(conn, settings.images_dir, many(40))
+    server.latency = 0.3
+    process = subprocess.Popen([sys.executable, "-m", "loader", "embed", "--jobs", "2"],
+                               env=loader_env(settings, server), cwd=settings.data_dir.parent,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while counts(conn)["embedded"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped before the end" in err and "Traceback" not in err and "\r" not in err
+    found = rows(conn)
+    done = sum(row["embedding"] is not None for row in found.values())
+    assert 2 <= done < 40 and all(row["claimed_by"] is None for row in found.values())
+    assert f"embedded {done} with" in out
