@@ -131,7 +131,9 @@ def test_a_moved_photo_keeps_its_vector_without_a_model_call(start, capsys):
     wait_for(lambda: set(live.visible()) == {"album/there.jpg"}, 20, "the move")
     wait_for(lambda: live.visible()["album/there.jpg"].embedded, 20, "the vector to follow")
     np.testing.assert_array_equal(live.embedding("album/there.jpg")[0], vector)
-    assert "0 embedded, 1 shared with identical photos" in capsys.readouterr().err
+    seen: list[str] = []
+    wait_for(lambda: seen.append(capsys.readouterr().err) or "embed: 0 embedded, 1 shared with "
+             "identical photos" in "".join(seen), 20, "the backfill's summary")
 
 
 def noise_jpeg(size=(800, 600)) -> bytes:
