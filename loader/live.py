@@ -134,20 +134,31 @@ class LiveLibrary:
     # --- the model, then the backfill ----------------------------------------------------
 
     def _model_then_embed(self) -> None:
-        outcome = ModelFetch(self.settings, self.stop, self.board, self.on_percent).run(
-            self.table_dimensions)
+        """Search first (a local model's text tower is small and loads fast), then the backfill
+        with the whole model, which then serves the searches too."""
+        fetch = ModelFetch(self.settings, self.stop, self.board, self.on_percent)
+        outcome = fetch.run(self.table_dimensions, text_only=True)
         if self.stop.is_set():
             return
+        self._tell(outcome)
+        if outcome.embedder is None:
+            return
+        say(f"search is on ({outcome.embedder.model_id})")
+        if not outcome.embedder.supports_images:
+            outcome = fetch.run(self.table_dimensions, text_only=False)
+            if self.stop.is_set() or outcome.embedder is None:
+                return
+            self._tell(outcome)
+        say("embedding what is missing, newest first")
+        self._embed_loop(outcome.embedder)
+
+    def _tell(self, outcome: ModelOutcome) -> None:
         if outcome.embedder is None:
             say(f"search and embedding are off: {outcome.reason}"
                 if self.settings.embedder != "none" else
                 "search and embedding are off (EMBEDDER=none)")
         if self.on_model is not None:
             self.on_model(outcome)
-        if outcome.embedder is not None:
-            say(f"search is on ({outcome.embedder.model_id}); embedding what is missing, "
-                "newest first")
-            self._embed_loop(outcome.embedder)
 
     def _embed_loop(self, embedder: Embedder) -> None:
         self.first_sync.wait()  # embed what the first pass found, not a half-synced folder

@@ -38,12 +38,15 @@ class ModelFetch:
         self._progress: Progress | None = None
         self._percent = -1
 
-    def run(self, table_dimensions: int | None) -> ModelOutcome:
-        """The embedder ready to use, or why not (never raises for an expected state)."""
+    def run(self, table_dimensions: int | None, text_only: bool = False) -> ModelOutcome:
+        """The embedder ready to use (`text_only`: a local model's text tower alone, enough
+        for search), or why not; never raises for an expected state."""
         name = self._name()
-        self.board.put(TaskState("model", f"loading {name}", state="running"))
+        what = "the text tower of " if text_only else ""
+        self.board.put(TaskState("model", f"loading {what}{name}", state="running"))
         try:
-            embedder = make_embedder(self.settings, on_progress=self._on_progress)
+            embedder = make_embedder(self.settings, text_only=text_only,
+                                     on_progress=self._on_progress)
         except Stopped:
             self._end("stopped", "stopped: the next start continues the download")
             return ModelOutcome(None, "stopped", "stopping")

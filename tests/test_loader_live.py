@@ -92,8 +92,10 @@ def start(db_url, tmp_path, tiny_clip):
 
 def test_a_photo_dropped_in_appears_and_is_then_embedded(start):
     live = start()
-    wait_for(lambda: live.models, 60, "the model")
-    assert live.models[0].embedder is not None and live.models[0].embedder.dimensions == DIM
+    wait_for(lambda: len(live.models) == 2, 60, "the model")
+    text, whole = (outcome.embedder for outcome in live.models)
+    assert not text.supports_images and text.dimensions == DIM  # search first: the text tower
+    assert whole.supports_images and whole.supports_texts  # then the model that embeds photos
     (live.images / "new.jpg").write_bytes(jpeg_bytes((200, 30, 30)))
     wait_for(lambda: "new.jpg" in live.visible(), 20, "the new photo's row")
     wait_for(lambda: live.visible()["new.jpg"].embedded, 30, "its embedding")
