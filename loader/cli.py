@@ -18,8 +18,9 @@ from shared.embedders.factory import BACKENDS
 from shared.lifecycle import StopSignals
 from shared.progress import Progress
 from shared.settings import Settings, SettingsError, load_settings
-from shared.storage import open_storage
-from shared.store import Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect
+from shared.storage import StorageError, open_storage
+from shared.store import (Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect,
+                          connection_lost)
 
 APP_DIR = Path(__file__).resolve().parent
 BROWSE_DIR = APP_DIR.parent / "browse"  # `up` serves the pages too, so it reads browse/.env
@@ -37,7 +38,9 @@ class Context:
         """The database connection, opened (and the embedded server started) on first use."""
         if self._conn is None:
             try:
-                self._conn = connect(database_url(self.settings), self.settings.database_setting)
+                where = (f"the embedded Postgres in {self.settings.data_dir / 'postgres'}"
+                         if self.settings.embedded_database else self.settings.database_setting)
+                self._conn = connect(database_url(self.settings), where)
             except DatabaseError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._conn
@@ -53,7 +56,19 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LoaderGroup(click.Group):
+    """The commands; a database that goes away in the middle of one is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command, turning a lost database connection into a ClickException."""
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as exc:
+            url = ctx.obj.settings.database_url if isinstance(ctx.obj, Context) else None
+            raise click.ClickException(connection_lost(exc, url)) from None
+
+
+@click.group(cls=LoaderGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Load a folder of images into Image Browser's database and storage.
@@ -83,7 +98,8 @@ def ensure_schema(app: Context, as_json: bool) -> None:
 
 @main.command()
 @click.option("--images", "images", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to scan (default: IMAGES_DIR, else ./images).")
+              help="Folder to scan (default: IMAGES_DIR, else ./images). With local storage "
+                   "it must be IMAGES_DIR, where every app reads originals.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 2,
               show_default="number of CPUs", help="Files decoded at once.")
 @click.option("--dry-run", is_flag=True, help="Only say what would change.")
@@ -98,14 +114,22 @@ def sync(app: Context, images: Path | None, jobs: int, dry_run: bool, prune: boo
     from .sync import run_sync
 
     settings = app.settings
-    if images is not None:
-        settings = dataclasses.replace(settings, images_dir=images.absolute())
-    if not settings.images_dir.is_dir():
-        raise click.ClickException(f"images folder {settings.images_dir} does not exist")
+    folder = images.absolute() if images is not None else settings.images_dir
+    if not folder.is_dir():
+        raise click.ClickException(f"images folder {folder} does not exist")
+    storage = open_storage(settings)
+    try:
+        problem = storage.folder_problem(folder)
+        if problem:
+            raise StorageError(problem)
+        if not dry_run:
+            storage.check_writable()  # before any work: one line, not a failure per file
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
     app.ensure_schema()
     with StopSignals() as signals:
         report = run_sync(
-            Catalogue(app.conn), open_storage(settings), settings.images_dir,
+            Catalogue(app.conn), storage, folder,
             jobs=jobs, max_pixels=settings.max_image_pixels, dry_run=dry_run, prune=prune,
             progress=Progress("sync", "{done} of {total} files looked at", show=not as_json,
                               every_s=settings.live.progress_every_s),

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shared.imagefile import ImageProblem, Inspection, inspect_image
+from shared.lifeline import exit_with_parent
 from shared.progress import Progress
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
-from .scan import LocalFile, scan_images
+from .scan import LocalFile, ScanResult, scan_images
 
 # Rows are written in batches: every FLUSH_EVERY rows or FLUSH_SECONDS, whichever comes first.
 # A killed run redoes at most one batch of files (their uploads are idempotent).
@@ -28,7 +29,6 @@ FLUSH_EVERY = 256
 FLUSH_SECONDS = 0.5
 # Files handed to a decoder process at once: fewer round trips, still fine-grained progress.
 CHUNK = 4
-PARENT_CHECK_S = 1.0  # how often a decoder process checks that its parent is alive
 
 
 @dataclass
@@ -98,20 +98,8 @@ def _decoder_start(parent: int) -> None:
     # decides when its decoders stop, after the files in hand are recorded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
-
-
-def _exit_without(parent: int) -> None:
-    """A decoder waits for work on a queue that never closes: once its parent is gone (killed),
-    nothing else would end it."""
-    while True:
-        time.sleep(PARENT_CHECK_S)
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:
-            pass
+    # The process's parent is the fork server, which may outlive the program: watch the program.
+    exit_with_parent(program=parent)
 
 
 @dataclass(frozen=True)
@@ -143,8 +131,12 @@ def run_sync(
 
     A live library passes `settle_s` (files changed more recently are left for a later pass:
     they may still be being copied), `stop` (checked between files), `failures` (broken files
-    already reported) and a long-lived `decoders` pool.
+    already reported) and a long-lived `decoders` pool. Raises StorageError, before anything is
+    read, when `storage` cannot keep originals of `images_dir` where every app finds them.
     """
+    problem = storage.folder_problem(images_dir)
+    if problem:
+        raise StorageError(problem)
     started = time.perf_counter()
     report = SyncReport(dry_run=dry_run)
     scan = scan_images(images_dir)
@@ -158,8 +150,7 @@ def run_sync(
             and not (failures and failures.unchanged(f))]
     report.settling = len(settling)
     report.unchanged = len(present) - len(todo)
-    # A file being written still exists: only files absent from the scan are gone.
-    gone = sorted(set(known) - {f.key for f in scan.files} - {key for key, _ in scan.problems})
+    gone = _gone(known, scan)  # a file being written still exists: it is not gone
     back = [f.key for f in present if f.key in known and known[f.key].missing]
 
     if dry_run:
@@ -187,10 +178,34 @@ def _forget_or_hide(catalogue: Catalogue, storage: Storage, gone: list[str], pru
     if not prune:
         report.hidden = catalogue.hide(gone)
         return
+    _prune(catalogue, storage, gone, report)
+
+
+def _gone(known: dict[str, KnownFile], scan: ScanResult) -> list[str]:
+    """Rows whose files are really gone: not found, and not in a file or folder that this scan
+    could not read (a folder's problem is keyed "name/", the top folder's ".")."""
+    unreadable = [key for key, _ in scan.problems]
+    seen = {f.key for f in scan.files}
+
+    def spared(key: str) -> bool:
+        return any(key == bad or bad == "." or (bad.endswith("/") and key.startswith(bad))
+                   for bad in unreadable)
+
+    return sorted(key for key in known if key not in seen and not spared(key))
+
+
+def _prune(catalogue: Catalogue, storage: Storage, gone: list[str], report: SyncReport) -> None:
+    """Forget rows of deleted files, then their objects; an object left behind is reported."""
     for key in catalogue.delete_images(gone):
-        storage.delete_thumbnail(key)
+        try:
+            storage.delete_thumbnail(key)
+        except StorageError as exc:
+            report.failed.append({"file": f"thumbnail {key}", "error": f"forgotten, but {exc}"})
     for key in gone:
-        storage.delete_original(key)
+        try:
+            storage.delete_original(key)
+        except StorageError as exc:
+            report.failed.append({"file": key, "error": f"forgotten, but {exc}"})
     report.pruned = len(gone)
 
 
@@ -256,11 +271,11 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
             future.cancel()
         raise
     finally:
-        flush()  # whatever finished uploading is recorded, even when interrupted
         movers.shutdown(wait=True, cancel_futures=True)
         if own_decoders:
             decoders.shutdown(wait=True, cancel_futures=True)
-        bar.finish("stopped" if report.stopped else "done")
+        bar.finish("stopped" if report.stopped else "done")  # first: a database gone away
+        flush()  # makes this raise; whatever finished uploading is recorded, even when interrupted
 
 
 def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[LocalFile],

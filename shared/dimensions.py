@@ -12,6 +12,7 @@ from typing import BinaryIO
 from PIL import Image
 
 ORIENTATION_TAG = 0x0112
+IMAGE_WIDTH_TAG, IMAGE_LENGTH_TAG = 256, 257  # TIFF
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -36,15 +37,34 @@ def display_size(fp: BinaryIO) -> tuple[int, int]:
     except (NotParsed, struct.error, ValueError):
         fp.seek(start)
         with Image.open(fp) as image:
-            width, height = image.size
+            width, height = stored_size(image)
             orientation = pillow_orientation(image)
     finally:
         fp.seek(start)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the pixels as the file stores them, before any orientation.
+
+    Pillow reports a TIFF's size already turned by its Orientation tag, and turns the pixels
+    on load (checked on 11.0 to 13.0; other formats are left as stored, and a release may
+    change that): the TIFF's own dimension tags say the same under every version.
+    """
+    tags = getattr(image, "tag_v2", None)
+    if image.format == "TIFF" and tags is not None:
+        width, height = tags.get(IMAGE_WIDTH_TAG), tags.get(IMAGE_LENGTH_TAG)
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return image.size
+
+
 def pillow_orientation(image: Image.Image) -> int:
-    """The EXIF orientation Pillow sees (HEIF/AVIF rotation boxes are mapped to it)."""
+    """The EXIF orientation Pillow sees (HEIF/AVIF rotation boxes are mapped to it).
+
+    Read before `load()` it is the file's; after, it is what is left to apply (a decoder
+    that turns the pixels itself, as Pillow does for TIFF, removes the tag).
+    """
     try:
         return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
     except Exception:  # a broken EXIF block means "no orientation", not a broken image

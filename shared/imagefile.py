@@ -175,6 +175,7 @@ def check_upload(data: bytes, max_pixels: int) -> str:
 
 def make_thumbnail(image: Image.Image) -> bytes:
     """A JPEG of about THUMBNAIL_EDGE px on the long side, upright, on white where transparent."""
+    image.load()  # first: a decoder may turn the pixels itself, and then drops the tag
     orientation = pillow_orientation(image)
     rgb = to_rgb(image)
     # After the reduced-size decode the shrink left is under 2x; area averaging (BOX) looks as

@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 MASK = "****"
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,19}://)(.*)", re.DOTALL)
+# A libpq key=value pair ("host=db", "port = 5432", "password='a b'"), else a stray word.
+_TOKEN = re.compile(r"(\w+\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+))|(\S+)")
+# Where parsers split a mistyped password: libpq's URI parser stops at '@' and '/', the port
+# at ':', a query at '?', '&' and '=', a bad escape at '%'.
+_SPLITTERS = re.compile(r"[@/:?#&=%\s]+")
 
 
 def mask_url(url: str) -> str:
-    """The URL (or key=value connection string) with its password replaced by asterisks."""
+    """The URL (or key=value connection string) with its password replaced by asterisks.
+
+    A password that is not escaped (an '@', '#' or '/' in it) is masked all the same: all
+    that lies between the user name's ':' and the last '@' is hidden.
+    """
     text = _KEYWORD_PASSWORD.sub(rf"\1{MASK}", url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return MASK  # not even URL-shaped: show nothing of it
-    if parts.scheme and "@" in parts.netloc:
-        userinfo, _, host = parts.netloc.rpartition("@")  # a raw '@' in a password stays left
-        user, has_password, _ = userinfo.partition(":")
-        if has_password:
-            parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
-        text = urlunsplit(parts)
-    return text
+    match = _SCHEME.match(text)
+    if match is None:
+        return _mask_stray_words(text)
+    scheme, rest = match.groups()
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return text
+    user, has_password, _ = userinfo.partition(":")
+    return f"{scheme}{user}:{MASK}@{host}" if has_password else text
 
 
 def url_password(url: str) -> str | None:
@@ -30,13 +38,24 @@ def url_password(url: str) -> str | None:
     match = _KEYWORD_PASSWORD.search(url)
     if match:
         return match.group(2).strip("'")
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:
+    scheme = _SCHEME.match(url)
+    if scheme is None:
         return None
-    userinfo, at, _ = netloc.rpartition("@")
-    user, has_password, password = userinfo.partition(":")
+    userinfo, at, _ = scheme.group(2).rpartition("@")
+    _user, has_password, password = userinfo.partition(":")
     return password if at and has_password and password else None
+
+
+def url_secrets(url: str) -> list[str]:
+    """Everything of `url` that must not be shown: its password (as written and decoded, and
+    each piece a parser could quote alone) and, in a key=value string, any stray word."""
+    found = [] if _SCHEME.match(url) else _stray_words(url)
+    password = url_password(url)
+    if password:
+        for form in {password, unquote(password)}:
+            found.append(form)
+            found.extend(_SPLITTERS.split(form))
+    return [secret for secret in found if secret]
 
 
 def scrub(text: str, *secrets: str | None) -> str:
@@ -45,11 +64,17 @@ def scrub(text: str, *secrets: str | None) -> str:
     Pieces matter because a password with an unescaped '@' is split by parsers, which then
     quote its tail as a host name.
     """
-    for secret in secrets:
-        if not secret:
-            continue
-        pieces = sorted({secret, *secret.split("@")}, key=len, reverse=True)
-        for piece in pieces:
-            if len(piece) >= 3:
-                text = text.replace(piece, MASK)
+    pieces = {piece for secret in secrets if secret for piece in (secret, *secret.split("@"))}
+    for piece in sorted(pieces, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, MASK)
     return text
+
+
+def _stray_words(text: str) -> list[str]:
+    """Words of a key=value connection string that belong to no pair (a pasted password?)."""
+    return [match.group(2) for match in _TOKEN.finditer(text) if match.group(2)]
+
+
+def _mask_stray_words(text: str) -> str:
+    return _TOKEN.sub(lambda match: match.group(1) or MASK, text)

@@ -206,7 +206,7 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
     """
     from .database import database_url
     from .embedders.factory import NoEmbedder, make_embedder
-    from .store import Schema, SchemaError, open_pool
+    from .store import Schema, SchemaError, connect, open_pool
 
     settings = settings or Settings.from_env(os.environ)
     reason = ""
@@ -215,12 +215,14 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
             embedder = make_embedder(settings)
         except NoEmbedder as exc:
             reason = str(exc)
-    pool = open_pool(database_url(settings), size=2)
-    with pool.connection() as conn:
+    url = database_url(settings)
+    # One plain connection first: its failure is one line with the password masked, where a
+    # pool would retry in the background and log libpq's raw messages.
+    with connect(url, settings.database_setting) as conn:
         state = Schema(conn).check()
     if state.problem:
-        pool.close()
         raise SchemaError(state.problem)
+    pool = open_pool(url, size=2)
     return Search.configured(pool.connection, embedder, settings,
                              table_dimensions=state.dimensions, no_embedder_reason=reason)
 

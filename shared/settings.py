@@ -7,11 +7,14 @@ naming the variable and what it accepts. The rest of the code receives a `Settin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from dotenv import load_dotenv
+
+from .redact import mask_url
 
 DEFAULT_REPLICATE_MODEL = (
     "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
@@ -115,6 +118,7 @@ class Settings:
     replicate_model: str = DEFAULT_REPLICATE_MODEL
     replicate_base_url: str | None = None
     replicate_max_per_minute: int = 600
+    replicate_poll_interval: float = 0.5  # the replicate client reads it too: checked here first
     embedder: str = "auto"
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_model_path: Path | None = None
@@ -144,17 +148,18 @@ class Settings:
         return cls(
             images_dir=Path(get("IMAGES_DIR") or "images").expanduser().absolute(),
             data_dir=Path(get("DATA_DIR") or ".data").expanduser().absolute(),
-            database_url=get(database_setting),
+            database_url=_database_url(get, database_setting),
             database_setting=database_setting,
             r2=_r2_from_env(get),
             image_base_url=_base_url(get("IMAGE_BASE_URL")),
             expected_vector_dim=_number(get, "EXPECTED_VECTOR_DIM", 768, int, 1, MAX_VECTOR_DIM),
             replicate_api_token=get("REPLICATE_API_TOKEN"),
             replicate_model=get("REPLICATE_MODEL") or DEFAULT_REPLICATE_MODEL,
-            replicate_base_url=get("REPLICATE_BASE_URL"),
+            replicate_base_url=_http_url(get, "REPLICATE_BASE_URL"),
             replicate_max_per_minute=_number(
                 get, "REPLICATE_MAX_PER_MINUTE", 600, int, 1, 1_000_000
             ),
+            replicate_poll_interval=_number(get, "REPLICATE_POLL_INTERVAL", 0.5, float, 0.01, 60),
             embedder=_choice(get, "EMBEDDER", EMBEDDERS, "auto"),
             clip_model=get("CLIP_MODEL") or DEFAULT_CLIP_MODEL,
             clip_model_path=Path(p).expanduser() if (p := get("CLIP_MODEL_PATH")) else None,
@@ -176,6 +181,14 @@ class Settings:
                 "R2 storage is configured but IMAGE_BASE_URL is not: set it to the bucket's "
                 "public URL (the same value in loader/.env and browse/.env)"
             )
+        web = self.web
+        for name, value, limit_name, limit in (
+            ("BROWSE_PAGE_SIZE", web.page_size, "BROWSE_MAX_PAGE_SIZE", web.max_page_size),
+            ("BROWSE_SEARCH_K", web.search_k, "BROWSE_MAX_K", web.max_k),
+            ("BROWSE_SIMILAR_K", web.similar_k, "BROWSE_MAX_K", web.max_k),
+        ):
+            if value > limit:
+                raise SettingsError(f"{name} must be at most {limit_name} ({limit}), got {value}")
         return self
 
 
@@ -212,7 +225,7 @@ def _r2_from_env(get) -> R2Settings | None:
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
         bucket=get("R2_BUCKET"),
         prefix=f"{prefix}/" if prefix else "",
-        endpoint_url=get("R2_ENDPOINT_URL") or "",
+        endpoint_url=_http_url(get, "R2_ENDPOINT_URL") or "",
     )
 
 
@@ -220,8 +233,35 @@ def _base_url(value: str | None) -> str | None:
     if value is None:
         return None
     if not value.startswith(("http://", "https://")):
-        raise SettingsError(f"IMAGE_BASE_URL must start with http:// or https://, got {value!r}")
+        raise SettingsError(
+            f"IMAGE_BASE_URL must start with http:// or https://, got {mask_url(value)[:80]!r}")
     return value.rstrip("/") + "/"
+
+
+def _http_url(get, name: str) -> str | None:
+    value = get(name)
+    if value is not None and not re.match(r"https?://[^/\s]", value):
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got {mask_url(value)[:80]!r}")
+    return value
+
+
+def _database_url(get, name: str) -> str | None:
+    """A postgresql:// URL or libpq's key=value string; anything else is refused unshown,
+    since a value pasted into the wrong place may be the password itself."""
+    value = get(name)
+    if value is None:
+        return None
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]{0,19})://", value)
+    if scheme and scheme.group(1).lower() in ("postgres", "postgresql"):
+        return value
+    if scheme:
+        raise SettingsError(
+            f"{name} must be a postgresql:// URL, got a {scheme.group(1)}:// URL")
+    if "=" not in value:
+        raise SettingsError(
+            f"{name} must be a postgresql:// URL (or libpq's key=value string); its value is "
+            "neither (not shown, in case it is a password)")
+    return value
 
 
 def _number(get, name: str, default, kind: type, lowest: float, highest: float):
@@ -230,7 +270,7 @@ def _number(get, name: str, default, kind: type, lowest: float, highest: float):
     if raw is None:
         return default
     what = "a whole number" if kind is int else "a number"
-    allowed = f"{what} from {lowest:g} to {highest:g}"
+    allowed = f"{what} from {_shown(lowest, kind)} to {_shown(highest, kind)}"
     try:
         value = kind(raw)
     except ValueError:
@@ -238,6 +278,10 @@ def _number(get, name: str, default, kind: type, lowest: float, highest: float):
     if not lowest <= value <= highest:  # NaN fails this too
         raise SettingsError(f"{name} must be {allowed}, got {raw[:40]!r}")
     return value
+
+
+def _shown(bound: float, kind: type) -> str:
+    return f"{int(bound):,}" if kind is int else f"{bound:g}"
 
 
 def _choice(get, name: str, allowed: tuple[str, ...], default: str) -> str:

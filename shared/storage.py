@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from .redact import mask_url
 from .settings import R2Settings, Settings
 
 THUMBNAIL_FOLDER = ".thumbnails"
@@ -26,6 +28,14 @@ class Storage(Protocol):
 
     def describe(self) -> str:
         """Say where objects go, without secrets."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StorageError, naming the place and the reason, if nothing could be stored."""
+        ...
+
+    def folder_problem(self, folder: Path) -> str | None:
+        """Why originals found in `folder` could not be stored here for every app, or None."""
         ...
 
     def put_original(self, key: str, path: Path, content_type: str) -> None:
@@ -91,20 +101,54 @@ class LocalStorage:
         """Say where objects go."""
         return f"local disk ({self.images_dir}, thumbnails in {self.thumbnails_dir})"
 
+    def check_writable(self) -> None:
+        """Create the thumbnails folder and write a file in it, or say which folder and why not."""
+        folder = self.thumbnails_dir
+        probe = folder / f".write-check.{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write thumbnails in {folder} (the folder comes from DATA_DIR): "
+                f"{_why(exc, folder)}") from None
+
+    def folder_problem(self, folder: Path) -> str | None:
+        """Originals are read in place, from IMAGES_DIR, by every app: another folder is refused."""
+        if os.path.realpath(folder) == os.path.realpath(self.images_dir):
+            return None
+        return (
+            f"cannot sync {folder}: with local storage every app (embed, browse) reads the "
+            f"originals from IMAGES_DIR, which is {self.images_dir}. Set IMAGES_DIR={folder} "
+            "for every app (loader/.env, browse/.env, mlx-local/.env) instead, or store the "
+            "originals in R2"
+        )
+
     def put_original(self, key: str, path: Path, content_type: str) -> None:
         """Copy in only when the file is not already the original in the images folder."""
         target = self.original_path(key)
-        if Path(path).absolute() != target:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+        if os.path.realpath(path) != os.path.realpath(target):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+            except OSError as exc:
+                raise StorageError(f"cannot copy the original into {target.parent}: "
+                                   f"{_why(exc, target.parent)}") from None
 
     def put_thumbnail(self, key: str, data: bytes) -> None:
         """Write atomically, so a killed run never leaves half a thumbnail."""
         target = self.thumbnail_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise StorageError(f"cannot write its thumbnail in {target.parent}: "
+                               f"{_why(exc, target.parent)}") from None
 
     def read_original(self, key: str) -> bytes:
         """The bytes of an original."""
@@ -118,7 +162,11 @@ class LocalStorage:
 
     def delete_thumbnail(self, key: str) -> None:
         """Remove a thumbnail (missing is fine)."""
-        self.thumbnail_path(key).unlink(missing_ok=True)
+        path = self.thumbnail_path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete the thumbnail {path}: {_why(exc, path.parent)}") from None
 
     def original_url(self, key: str) -> str | None:
         """Local originals are served by the web app."""
@@ -135,6 +183,17 @@ class LocalStorage:
     def thumbnail_path(self, key: str) -> Path:
         """The file of a thumbnail; refuses keys that would leave the thumbnails folder."""
         return _inside(self.thumbnails_dir, key)
+
+
+def _why(exc: OSError, folder: Path) -> str:
+    """The reason in words, naming the file that stands where a folder should be."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        for place in (folder, *folder.parents):
+            if place.exists() or place.is_symlink():
+                if not place.is_dir():
+                    return f"{place} is a file, not a folder"
+                break
+    return exc.strerror or type(exc).__name__
 
 
 def _inside(root: Path, key: str) -> Path:
@@ -176,7 +235,14 @@ class R2Storage:
 
     def describe(self) -> str:
         """Say where objects go, without secrets."""
-        return f"R2 bucket {self.r2.bucket!r} prefix {self.r2.prefix!r} at {self.r2.endpoint}"
+        return f"R2 bucket {self.r2.bucket!r} prefix {self.r2.prefix!r} at {mask_url(self.r2.endpoint)}"
+
+    def check_writable(self) -> None:
+        """Nothing to check before the first upload: each failed upload names its file."""
+
+    def folder_problem(self, folder: Path) -> str | None:
+        """Originals are uploaded, so any folder can be synced."""
+        return None
 
     def object_key(self, key: str) -> str:
         """The bucket key of an original."""
@@ -215,11 +281,17 @@ class R2Storage:
 
     def delete_original(self, key: str) -> None:
         """Remove an original."""
-        self.client.delete_object(Bucket=self.r2.bucket, Key=self.object_key(key))
+        try:
+            self.client.delete_object(Bucket=self.r2.bucket, Key=self.object_key(key))
+        except Exception as exc:
+            raise StorageError(f"deleting {key} from R2 failed: {exc}") from exc
 
     def delete_thumbnail(self, key: str) -> None:
         """Remove a thumbnail."""
-        self.client.delete_object(Bucket=self.r2.bucket, Key=self.thumbnail_object_key(key))
+        try:
+            self.client.delete_object(Bucket=self.r2.bucket, Key=self.thumbnail_object_key(key))
+        except Exception as exc:
+            raise StorageError(f"deleting thumbnail {key} from R2 failed: {exc}") from exc
 
     def original_url(self, key: str) -> str | None:
         """IMAGE_BASE_URL + prefix + the URL-quoted key."""

@@ -3,12 +3,17 @@ CLIP's real vocabulary and tiny random-weight CLIP checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import gzip
 import json
 import logging
+import os
 import shutil
+import subprocess
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -105,6 +110,66 @@ def wild_manifest() -> list[dict[str, str]]:
     """Rows of tests/data/wild/MANIFEST.csv."""
     with open(WILD / "MANIFEST.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def without_root_override(function, *args, **kwargs):
+    """Call `function` on a thread that file modes stop as they stop any user.
+
+    As root, the thread drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its own effective
+    capabilities (Linux keeps them per thread; connections opened before stay usable), so a
+    folder of mode 0000 is unreadable to it; for other users the modes apply anyway.
+    """
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            if os.geteuid() == 0:
+                _drop_file_mode_override()
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # re-raised on the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the call did not finish in 300 s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _drop_file_mode_override() -> None:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this thread
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+@contextlib.contextmanager
+def immutable(folder: Path):
+    """`folder` made unwritable for this process: chattr +i as root (as probing did), mode 0555
+    otherwise; the test is skipped where neither holds (a container without the capability)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True,
+                          timeout=30).returncode != 0:
+            pytest.skip("chattr +i is not permitted here")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    try:
+        yield folder
+    finally:
+        subprocess.run(undo, check=True, timeout=30)
 
 
 def make_public_bucket(endpoint: str) -> str:

@@ -178,7 +178,8 @@ def test_two_workers_in_parallel_embed_each_content_once(db_url, conn, settings,
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker did not finish in 120 s"
     assert all(r.embedded > 0 and r.failed == [] for r in reports)
     assert sum(r.embedded for r in reports) == 50 and sum(r.shared for r in reports) == 30
     assert len(server.predicted) == 50 and set(server.predicted.values()) == {1}
@@ -366,3 +367,30 @@ def test_sigterm_stops_loader_embed_with_what_is_in_hand_saved(conn, settings, s
     done = sum(row["embedding"] is not None for row in found.values())
     assert 2 <= done < 40 and all(row["claimed_by"] is None for row in found.values())
     assert f"embedded {done} with" in out
+
+
+def test_a_prediction_slower_than_the_lease_is_paid_for_once(db_url, conn, settings, server):
+    """The lease is renewed every lease/3 while a prediction runs, so a second worker started
+    after the first lease would have ended finds nothing to take."""
+    contents = seed(conn, settings.images_dir, {"slow.jpg": b"a slow one"})
+    server.latency = 3.0  # 2.5 leases
+    options = EmbedOptions(jobs=1, lease_seconds=1.2)
+    reports = []
+
+    def first_worker() -> None:
+        own = connect(db_url)
+        try:
+            reports.append(run_embed(own, make_embedder(server), storage_for(settings), options,
+                                     progress=False))
+        finally:
+            own.close()
+
+    first = threading.Thread(target=first_worker)
+    first.start()
+    time.sleep(2.0)  # the first lease (1.2 s) would be long over without renewals
+    second = run_embed(conn, make_embedder(server), storage_for(settings), options, progress=False)
+    first.join(timeout=30)
+    assert not first.is_alive() and len(reports) == 1
+    assert server.predicted[server.file_key(contents["slow.jpg"])] == 1
+    assert (reports[0].embedded, second.embedded) == (1, 0)
+    assert second.leased_elsewhere == 1  # it saw the first worker's live lease, and said so

@@ -245,7 +245,7 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
     while time.monotonic() < deadline and catalogue.counts().images == 0 and child.poll() is None:
         time.sleep(0.02)
     os.killpg(child.pid, signal.SIGKILL)  # the whole process group: decoders too
-    child.wait()
+    child.wait(timeout=30)
     landed = catalogue.counts().images
     assert 0 < landed < 240, "the kill should land half-way"
 
@@ -258,7 +258,8 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
 
     assert {f"p/{name}" for name in catalogue.known_files()} <= objects()  # no row without its object
 
-    finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    finished = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert catalogue.counts().images == 240
     names = set(catalogue.known_files())
@@ -269,7 +270,7 @@ def test_killed_sync_converges_on_rerun(db_url, tmp_path, s3_endpoint):
         body = admin.get_object(Bucket=bucket, Key=f"p/{name}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sha
     rerun = json.loads(subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True,
-                                      text=True).stdout)
+                                      text=True, timeout=300).stdout)
     assert rerun["unchanged"] == 240 and rerun["new"] == 0
 
 
@@ -390,3 +391,216 @@ def test_sigterm_stops_loader_sync_cleanly_and_the_next_run_finishes(db_url, tmp
     assert 0 < landed < 150 and f"added {landed}," in out
     rerun = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert json.loads(rerun.stdout)["new"] == 150 - landed
+
+
+# --- storage that cannot be written: one line before work, or per-file failures -------------
+
+
+def sha_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def only_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    return lines[0]
+
+
+@pytest.mark.parametrize("blocker", ["data-dir-is-a-file", "thumbnails-is-a-file"])
+def test_sync_refuses_before_work_when_thumbnails_have_nowhere_to_go(db_url, tmp_path, blocker):
+    images, data = tmp_path / "imgs", tmp_path / "data"
+    save_jpeg(images / "a.jpg")
+    if blocker == "data-dir-is-a-file":
+        data.write_text("not a folder")
+        named = data
+    else:
+        data.mkdir()
+        (data / "thumbnails").write_text("not a folder")
+        named = data / "thumbnails"
+    result = CliRunner().invoke(loader_cli, ["sync"], env=cli_env(db_url, images, data))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line = only_error_line(result.output)
+    assert f"{named} is a file, not a folder" in line and "DATA_DIR" in line
+    with connect(db_url) as conn:
+        assert not Schema(conn).table_exists() or Catalogue(conn).counts().images == 0
+
+
+def test_sync_refuses_before_work_when_the_thumbnails_folder_is_read_only(db_url, tmp_path):
+    from conftest import immutable
+
+    images, thumbnails = tmp_path / "imgs", tmp_path / "data" / "thumbnails"
+    save_jpeg(images / "a.jpg")
+    thumbnails.mkdir(parents=True)
+    with immutable(thumbnails):
+        done = subprocess.run([sys.executable, "-m", "loader", "sync"],
+                              env=cli_env(db_url, images, tmp_path / "data"), cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    line = only_error_line(done.stdout + done.stderr)
+    assert f"cannot write thumbnails in {thumbnails}" in line
+
+
+def test_the_embedded_database_in_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    env = {**cli_env("", tmp_path, tmp_path / "data"), "SUPABASE_DB_URL": ""}
+    result = CliRunner().invoke(loader_cli, ["status"], env=env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"{tmp_path / 'data'} is a file, not a folder" in only_error_line(result.output)
+
+
+def test_a_thumbnail_that_cannot_be_written_fails_its_file_only_and_a_rerun_converges(
+        catalogue, tmp_path):
+    images = tmp_path / "imgs"
+    for name, color in (("a.jpg", (10, 20, 30)), ("b.jpg", (200, 10, 10)), ("c.jpg", (0, 90, 0))):
+        save_jpeg(images / name, color=color)
+    shard = tmp_path / "thumbs" / sha_of(images / "b.jpg")[:2]
+    shard.parent.mkdir()
+    shard.write_text("a file where b.jpg's thumbnail folder goes")
+    report = sync(catalogue, images)
+    assert [f["file"] for f in report.failed] == ["b.jpg"] and report.new == 2
+    assert f"{shard} is a file, not a folder" in report.failed[0]["error"]
+    assert set(rows(catalogue)) == {"a.jpg", "c.jpg"}  # no row without its thumbnail
+
+    shard.unlink()
+    again = sync(catalogue, images)
+    assert again.new == 1 and not again.failed and set(rows(catalogue)) == {"a.jpg", "b.jpg", "c.jpg"}
+    assert (tmp_path / "thumbs" / rows(catalogue)["b.jpg"][3]).is_file()
+
+
+def test_prune_reports_a_thumbnail_it_cannot_delete_and_goes_on(catalogue, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg", color=(1, 2, 3))
+    save_jpeg(images / "b.jpg", color=(200, 200, 0))
+    save_jpeg(images / "c.jpg", color=(0, 0, 200))
+    sync(catalogue, images)
+    thumb_b, thumb_c = rows(catalogue)["b.jpg"][3], rows(catalogue)["c.jpg"][3]
+    (images / "b.jpg").unlink()
+    (images / "c.jpg").unlink()
+    stuck = tmp_path / "thumbs" / thumb_b
+    stuck.unlink()
+    (stuck / "in-the-way").mkdir(parents=True)  # unlink() of a folder fails, even for root
+    report = sync(catalogue, images, prune=True)
+    assert report.pruned == 2 and set(rows(catalogue)) == {"a.jpg"}
+    assert [f["file"] for f in report.failed] == [f"thumbnail {thumb_b}"]
+    assert "forgotten, but cannot delete" in report.failed[0]["error"]
+    assert not (tmp_path / "thumbs" / thumb_c).exists()
+
+
+# --- where local originals live: IMAGES_DIR, for every app -----------------------------------
+
+
+def test_sync_of_another_folder_with_local_storage_is_refused(db_url, tmp_path):
+    images, other = tmp_path / "imgs", tmp_path / "elsewhere"
+    save_jpeg(images / "a.jpg")
+    save_jpeg(other / "b.jpg")
+    env = cli_env(db_url, images, tmp_path / "data")
+    result = CliRunner().invoke(loader_cli, ["sync", "--images", str(other)], env=env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line = only_error_line(result.output)
+    assert f"cannot sync {other}" in line and f"IMAGES_DIR, which is {images}" in line
+    with connect(db_url) as conn:
+        assert not Schema(conn).table_exists() or Catalogue(conn).counts().images == 0
+
+    (tmp_path / "link").symlink_to(images)  # the same folder by another name is fine
+    same = CliRunner().invoke(loader_cli, ["sync", "--images", str(tmp_path / "link")], env=env)
+    assert same.exit_code == 0, same.output
+
+
+def test_rows_from_another_folder_in_r2_are_usable_by_embed(db_url, tmp_path, s3_endpoint, server):
+    from fake_replicate import TOKEN
+
+    images, other = tmp_path / "imgs", tmp_path / "elsewhere"
+    images.mkdir()
+    save_jpeg(other / "trip" / "b.jpg")
+    bucket = make_public_bucket(s3_endpoint)
+    env = cli_env(db_url, images, tmp_path / "data", R2_ACCOUNT_ID="acct", R2_ACCESS_KEY_ID="k",
+                  R2_SECRET_ACCESS_KEY="s", R2_BUCKET=bucket, R2_ENDPOINT_URL=s3_endpoint,
+                  IMAGE_BASE_URL=f"{s3_endpoint}/{bucket}", REPLICATE_API_TOKEN=TOKEN,
+                  REPLICATE_BASE_URL=server.url, REPLICATE_POLL_INTERVAL="0.02")
+    synced = CliRunner().invoke(loader_cli, ["sync", "--images", str(other)], env=env)
+    assert synced.exit_code == 0, synced.output
+    embedded = CliRunner().invoke(loader_cli, ["embed", "--json"], env=env)
+    assert embedded.exit_code == 0, embedded.output
+    assert json.loads(embedded.stdout)["embedded"] == 1
+
+
+def test_prune_spares_files_this_scan_could_not_read(catalogue, tmp_path):
+    from conftest import without_root_override
+
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg", color=(1, 2, 3))
+    save_jpeg(images / "locked" / "b.jpg", color=(200, 0, 0))
+    save_jpeg(images / "c.jpg", color=(0, 200, 0))
+    save_jpeg(images / "deleted.jpg", color=(0, 0, 200))
+    sync(catalogue, images)
+    before = rows(catalogue)
+    (images / "deleted.jpg").unlink()
+    (images / "c.jpg").write_bytes(b"now broken, and a little longer than before")
+    (images / "locked").chmod(0)
+    try:
+        report = without_root_override(sync, catalogue, images, prune=True)
+    finally:
+        (images / "locked").chmod(0o755)
+    assert {f["file"] for f in report.failed} == {"locked/", "c.jpg"}
+    assert report.pruned == 1  # deleted.jpg only
+    kept = rows(catalogue)
+    assert set(kept) == {"a.jpg", "locked/b.jpg", "c.jpg"}
+    for name in ("locked/b.jpg", "c.jpg"):
+        assert kept[name] == before[name]
+        assert (tmp_path / "thumbs" / kept[name][3]).is_file()
+
+
+def children_of(pid: int) -> set[int]:
+    """Every process `pid` started, from /proc (Linux)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent that does not reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_decoders_end_when_a_killed_sync_leaves_them(db_url, tmp_path):
+    images = tmp_path / "imgs"
+    rng = np.random.default_rng(3)
+    images.mkdir()
+    for i in range(60):  # enough that the kill lands while they decode (checked below)
+        pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"noise {i}.jpg", "JPEG", quality=90)
+    child = subprocess.Popen([sys.executable, "-m", "loader", "sync", "--jobs", "2", "--json"],
+                             env=cli_env(db_url, images, tmp_path / "data"), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    decoders: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(decoders) < 2 and child.poll() is None and time.monotonic() < deadline:
+            decoders = children_of(child.pid)
+            time.sleep(0.05)
+        assert len(decoders) == 2 and child.poll() is None, "sync should be decoding"
+        child.send_signal(signal.SIGKILL)  # the parent only: nobody is left to stop the decoders
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(running(pid) for pid in decoders) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in decoders), "decoders outlived their sync"
+    finally:
+        for pid in decoders:  # a failed run must not leave them behind
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)

@@ -117,14 +117,15 @@ def test_concurrent_first_use_loads_once(tiny_clip):
     seen, barrier = [], threading.Barrier(4)
 
     def use():
-        barrier.wait()
+        barrier.wait(timeout=60)
         seen.append(made.load())
 
     threads = [threading.Thread(target=use) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a load did not finish in 120 s"
     assert len(seen) == 4 and all(item is seen[0] for item in seen)
 
 

@@ -67,16 +67,19 @@ def tokenizer(tiny_clip) -> ClipTokenizer:
 
 
 # float32 runs both ways: as on a CPU (numpy steps, split products) and as one MLX graph,
-# the path a GPU takes; float16 is always one graph.
+# the path a GPU takes; float16 is always one graph. float32 agrees with transformers to
+# ~2e-7 per component: `atol` holds it to 1e-5, where exact GELU in place of quick-GELU
+# (a cosine still above 0.99999) is off by ~2e-3.
 PATHS = pytest.mark.parametrize(
-    "dtype,cpu_path,threshold",
-    [("float32", True, 0.9999), ("float32", False, 0.9999), ("float16", False, 0.999)],
+    "dtype,cpu_path,threshold,atol",
+    [("float32", True, 0.9999, 1e-5), ("float32", False, 0.9999, 1e-5),
+     ("float16", False, 0.999, None)],
     ids=["float32-cpu-path", "float32-one-graph", "float16"],
 )
 
 
 @PATHS
-def test_tiny_text_matches_transformers(tiny_clip, tokenizer, dtype, cpu_path, threshold):
+def test_tiny_text_matches_transformers(tiny_clip, tokenizer, dtype, cpu_path, threshold, atol):
     folder, reference = tiny_clip
     model = load_model(folder, dtype=dtype, cpu_path=cpu_path)
     assert model.cpu_path is cpu_path
@@ -85,15 +88,20 @@ def test_tiny_text_matches_transformers(tiny_clip, tokenizer, dtype, cpu_path, t
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 24)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert cosines(ours, expected).min() >= threshold
+    if atol is not None:
+        np.testing.assert_allclose(ours, expected, atol=atol)
 
 
 @PATHS
-def test_tiny_images_match_transformers(tiny_clip, dtype, cpu_path, threshold):
+def test_tiny_images_match_transformers(tiny_clip, dtype, cpu_path, threshold, atol):
     folder, reference = tiny_clip
     pixels = random_pixels(3, TINY_VISION["image_size"])
     ours = load_model(folder, dtype=dtype, cpu_path=cpu_path).encode_images(pixels)
+    expected = reference_images(reference, pixels)
     assert ours.dtype == np.float32 and ours.shape == (3, 24)
-    assert cosines(ours, reference_images(reference, pixels)).min() >= threshold
+    assert cosines(ours, expected).min() >= threshold
+    if atol is not None:
+        np.testing.assert_allclose(ours, expected, atol=atol)
 
 
 def test_running_only_to_the_end_token_changes_nothing(tiny_clip, tokenizer):
@@ -203,5 +211,5 @@ def test_cpu_path_splits_change_nothing(tiny_clip, tokenizer):
     with ThreadPoolExecutor(2) as others:
         texts = others.submit(model.encode_text, ids)
         images = others.submit(model.encode_images, pixels)
-        np.testing.assert_allclose(texts.result(), expected_text, atol=1e-5)
-        np.testing.assert_allclose(images.result(), expected_images, atol=1e-5)
+        np.testing.assert_allclose(texts.result(timeout=120), expected_text, atol=1e-5)
+        np.testing.assert_allclose(images.result(timeout=120), expected_images, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,10 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = """
-import sys, time
+import signal, sys, time
+# SIGTERM ends the client cleanly (atexit runs: it leaves the server's handle file), whatever
+# dispositions it inherited: a background job starts with SIGINT ignored.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 from shared.database import start_embedded
 from shared.store import connect
 url = start_embedded(__import__("pathlib").Path(sys.argv[1]))
@@ -47,8 +51,31 @@ def pgdata():
 
 
 def run_client(pgdata: Path, who: str) -> subprocess.Popen:
+    """A client process, started with SIGINT ignored as in a suite run in the background."""
     return subprocess.Popen([sys.executable, "-c", CLIENT, str(pgdata), who], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def first_line(process: subprocess.Popen, timeout: float = 60) -> str:
+    """The process's first line of output, failing (not hanging) if none comes in time."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        process.kill()
+        process.wait(timeout=10)
+        pytest.fail(f"no output from the client in {timeout} s")
+    return process.stdout.readline()
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> int:
+    """Stop a client cleanly with SIGTERM; kill it and fail if it does not exit in time."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+        pytest.fail(f"the client did not exit within {timeout} s of SIGTERM")
 
 
 def server_running(pgdata: Path) -> bool:
@@ -65,13 +92,13 @@ def server_running(pgdata: Path) -> bool:
 
 def test_a_killed_user_does_not_keep_the_server_forever(pgdata):
     killed = run_client(pgdata, "stays")
-    assert killed.stdout.readline().startswith("ready")
+    assert first_line(killed).startswith("ready")
     killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    killed.wait(timeout=30)
     assert killed.pid in json.loads((pgdata / ".handle_pids.json").read_text())
 
     later = run_client(pgdata, "later")  # joins the running server, then exits cleanly
-    assert later.stdout.readline().startswith("ready")
+    assert first_line(later).startswith("ready")
     assert later.wait(timeout=60) == 0
 
     deadline = time.monotonic() + 10
@@ -80,20 +107,19 @@ def test_a_killed_user_does_not_keep_the_server_forever(pgdata):
     assert not server_running(pgdata), "the last live user should stop the server"
 
     again = run_client(pgdata, "again")  # and it starts again with every row kept
-    assert again.stdout.readline().split() == ["ready", "again,later,stays"]
+    assert first_line(again).split() == ["ready", "again,later,stays"]
     assert again.wait(timeout=60) == 0
     assert not server_running(pgdata)
 
 
 def test_two_processes_share_one_server(pgdata):
     first = run_client(pgdata, "stays")
-    assert first.stdout.readline().startswith("ready")
+    assert first_line(first).startswith("ready")
     second = run_client(pgdata, "second")
-    assert second.stdout.readline().split() == ["ready", "second,stays"]
+    assert first_line(second).split() == ["ready", "second,stays"]
     assert second.wait(timeout=60) == 0
     assert server_running(pgdata), "still in use by the first process"
-    first.send_signal(signal.SIGINT)  # a clean exit: the last user stops the server
-    first.wait()
+    assert stop(first) == 0  # a clean exit: the last user stops the server
     deadline = time.monotonic() + 10
     while server_running(pgdata) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -239,7 +239,8 @@ def test_agrees_with_exiftool_where_installed(tmp_path: Path, image_format: str)
         meta = read_file(path)
         fields = ["-DateTimeOriginal", "-Make", "-Model", "-GPSLatitude", "-GPSLongitude"]
         out = subprocess.run(
-            ["exiftool", "-j", "-n", *fields, str(path)], capture_output=True, check=True, text=True
+            ["exiftool", "-j", "-n", *fields, str(path)], capture_output=True, check=True, text=True,
+            timeout=60,
         ).stdout
         truth = json.loads(out)[0]
         assert meta.taken_at.replace(microsecond=0) == datetime.strptime(

@@ -92,3 +92,69 @@ def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
     settings = load_settings(tmp_path)
     assert settings.expected_vector_dim == 512
     assert settings.images_dir == Path("/from/env")
+
+
+# Each bad value as probing found it (and the gaps found since), through the real commands.
+BAD_SETTINGS = [
+    ("EXPECTED_VECTOR_DIM", "20000"), ("BROWSE_PAGE_SIZE", "abc"), ("BROWSE_PAGE_SIZE", "0"),
+    ("BROWSE_MAX_UPLOAD_BYTES", "abc"), ("BROWSE_EMBED_TIMEOUT_S", "abc"),
+    ("BROWSE_SEARCH_K", "500"),  # above BROWSE_MAX_K (200)
+    ("REPLICATE_POLL_INTERVAL", "abc"), ("REPLICATE_BASE_URL", "replicate.example"),
+    ("R2_ENDPOINT_URL", "not a url"),
+]
+R2_ON = {**R2, "R2_ACCOUNT_ID": "acct"}
+UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"
+
+
+def command_env(tmp_path: Path, name: str, value: str) -> dict[str, str]:
+    # A database nobody answers: a setting wrongly let through fails later, with another message.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("R2_", "SUPABASE", "DB_URL", "IMAGE", "BROWSE_", "REPLICATE"))}
+    env.update(SUPABASE_DB_URL=UNREACHABLE, IMAGES_DIR=str(tmp_path), DATA_DIR=str(tmp_path / "d"),
+               **(R2_ON if name.startswith("R2_") else {}), **{name: value})
+    return env
+
+
+@pytest.mark.parametrize("name, value", BAD_SETTINGS)
+def test_loader_and_browse_refuse_a_bad_setting_in_one_line(tmp_path, name, value):
+    from click.testing import CliRunner
+
+    from browse.cli import main as browse_main
+    from loader.cli import main as loader_main
+
+    env = command_env(tmp_path, name, value)
+    for main, args in ((loader_main, ["status"]), (browse_main, ["--port", "0"])):
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        lines = [line for line in result.output.splitlines() if not line.startswith("20")]  # logs
+        assert len(lines) == 1 and name in lines[0] and lines[0].startswith("Error:"), lines
+
+
+@pytest.mark.parametrize("app", ["loader", "browse"])
+def test_the_processes_print_that_line_and_nothing_else(tmp_path, app):
+    import subprocess
+    import sys
+
+    args = ["status"] if app == "loader" else ["--port", "0"]
+    done = subprocess.run([sys.executable, "-m", app, *args], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=120,
+                          env=command_env(tmp_path, "BROWSE_PAGE_SIZE", "0"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().endswith(
+        "BROWSE_PAGE_SIZE must be a whole number from 1 to 200, got '0'"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_every_web_limit_and_its_maximum_agree():
+    with pytest.raises(SettingsError, match="BROWSE_PAGE_SIZE must be at most BROWSE_MAX_PAGE_SIZE"):
+        Settings.from_env({"BROWSE_MAX_PAGE_SIZE": "10"})
+    with pytest.raises(SettingsError, match="BROWSE_SIMILAR_K must be at most BROWSE_MAX_K"):
+        Settings.from_env({"BROWSE_MAX_K": "12", "BROWSE_SEARCH_K": "12"})
+    assert Settings.from_env({"BROWSE_MAX_K": "24", "BROWSE_SEARCH_K": "24"}).web.max_k == 24
+
+
+def test_the_replicate_poll_interval_reaches_the_client():
+    from shared.embedders.factory import make_embedder
+
+    settings = Settings.from_env({"REPLICATE_API_TOKEN": "r8_x", "REPLICATE_POLL_INTERVAL": "0.05"})
+    assert make_embedder(settings).client.poll_interval == 0.05

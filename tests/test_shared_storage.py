@@ -35,7 +35,7 @@ def test_r2_public_urls_fetch_the_object(r2, tmp_path, name):
     r2.put_original(name, source, "image/png")
     url = r2.original_url(name)
     assert url.startswith(r2.public_base_url + "library/")
-    with urllib.request.urlopen(url) as response:
+    with urllib.request.urlopen(url, timeout=30) as response:
         assert response.read() == name.encode() * 3
         assert response.headers["Content-Type"] == "image/png"
 
@@ -55,7 +55,7 @@ def test_r2_large_files_use_multipart(r2, tmp_path):
 def test_r2_thumbnails_live_beside_originals(r2):
     r2.put_thumbnail("ab/abc.jpg", b"thumb")
     assert r2.thumbnail_url("ab/abc.jpg").endswith("/library/.thumbnails/ab/abc.jpg")
-    with urllib.request.urlopen(r2.thumbnail_url("ab/abc.jpg")) as response:
+    with urllib.request.urlopen(r2.thumbnail_url("ab/abc.jpg"), timeout=30) as response:
         assert response.read() == b"thumb"
 
 

@@ -84,3 +84,50 @@ def test_a_file_written_again_is_shown_again(catalogue):
     catalogue.hide(["a.png"])
     catalogue.upsert_images([record("a.png", sha="b" * 64)])  # back, with new content
     assert [r.filename for r in catalogue.list_images(5)] == ["a.png"]
+
+
+def library_of_random_vectors(conn, count: int, seed: int = 11) -> np.ndarray:
+    """`count` embedded rows of random unit vectors, loaded and indexed the way a large library is."""
+    from datetime import datetime, timezone
+
+    from shared.store import BulkImage, Schema, copy_images
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, 768)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    now = datetime.now(timezone.utc)
+    schema = Schema(conn)
+    schema.drop_vector_index()
+    copy_images(conn, (BulkImage(i + 1, f"v{i}.png", 4, 3, 10, f"{i:064x}", "PNG", 1, None, v, "m",
+                                 now, now) for i, v in enumerate(vectors)))
+    schema.build_vector_index(maintenance_work_mem="256MB")
+    return vectors
+
+
+def planner_takes_the_index(conn, query: np.ndarray, ef_search: int) -> bool:
+    with conn.transaction():
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+        plan = conn.execute(
+            """EXPLAIN SELECT id FROM image_embeddings WHERE embedding IS NOT NULL
+               ORDER BY embedding <=> %s LIMIT 10""", (query,)).fetchall()
+    return any("image_embeddings_embedding_hnsw" in line for (line,) in plan)
+
+
+def test_search_keeps_its_recall_where_the_planner_takes_the_hnsw_index(catalogue, conn):
+    """1,000 random vectors: the planner takes the index for a small ef_search, and through it
+    recall@10 is ~0.45 at ef_search 10 (k) against ~1.0 at the configured 100."""
+    library_of_random_vectors(conn, 1000)
+    queries = np.random.default_rng(5).standard_normal((12, 768)).astype(np.float32)
+    assert planner_takes_the_index(conn, queries[0], 10), "too small a library to test recall"
+    found = 0
+    for query in queries:
+        hits = {row.id for row, _ in catalogue.nearest(query, 10, ef_search=100)}
+        truth = {row.id for row, _ in catalogue.nearest(query, 10, ef_search=100, exact=True)}
+        found += len(hits & truth)
+    assert found / (10 * len(queries)) >= 0.8
+
+
+def test_the_largest_similar_search_stays_within_pgvector_limits(catalogue, conn):
+    library_of_random_vectors(conn, 5)
+    hits = catalogue.nearest(np.ones(768, np.float32), 1000, ef_search=1000, exclude_id=1)
+    assert sorted(row.id for row, _ in hits) == [2, 3, 4, 5]

@@ -58,3 +58,30 @@ def test_a_moved_file_takes_the_vector_of_its_hidden_twin(conn):
     assert queue.fill_shared() == ["after.png"]
     assert queue.claim("w", 5, lease_seconds=60) == []
 
+
+def test_a_claim_takes_the_free_rows_around_one_another_transaction_has_locked(conn, db_url):
+    """FOR UPDATE SKIP LOCKED: a worker never waits on rows another one is busy claiming."""
+    from shared.store import connect
+
+    seed(conn, {"a.png": "1", "b.png": "2", "c.png": "3"})
+    other = connect(db_url)
+    try:
+        with other.transaction():
+            other.execute("SELECT id FROM image_embeddings WHERE filename = 'a.png' FOR UPDATE")
+            # Without SKIP LOCKED the claim would wait for that lock: fail fast instead of hanging.
+            conn.execute("SET lock_timeout = '3s'")
+            claims = EmbeddingQueue(conn, "m").claim("w1", 10, lease_seconds=60)
+            conn.execute("RESET lock_timeout")
+    finally:
+        other.close()
+    assert sorted(c.filename for c in claims) == ["b.png", "c.png"]
+
+
+def test_a_copy_synced_while_its_twin_is_leased_waits_for_the_twins_vector(conn):
+    seed(conn, {"a.png": "1"})
+    first = EmbeddingQueue(conn, "m")
+    (lead,) = first.claim("w1", 10, lease_seconds=60)
+    seed(conn, {"copy-of-a.png": "1"})  # synced while w1 embeds a.png
+    assert EmbeddingQueue(conn, "m").claim("w2", 10, lease_seconds=60) == []
+    saved = first.save("w1", [(lead.id, np.eye(768, dtype=np.float32)[0])])
+    assert sorted(saved) == ["a.png", "copy-of-a.png"]  # one prediction, the copy shares it

@@ -70,6 +70,7 @@ def _replicate(settings: Settings, text_only: bool, download: bool, on_progress=
             dimensions=settings.expected_vector_dim,
             base_url=settings.replicate_base_url,
             max_per_minute=settings.replicate_max_per_minute,
+            poll_interval=settings.replicate_poll_interval,
         )
     except EmbeddingError as exc:
         raise NoEmbedder(f"the Replicate embedder cannot be set up: {exc}") from None

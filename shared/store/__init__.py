@@ -9,7 +9,8 @@
 
 from .bulk import BulkImage, copy_images
 from .catalogue import Catalogue
-from .connection import DatabaseError, connect, connection_problem, open_pool, register_types
+from .connection import (DatabaseError, connect, connection_lost, connection_problem, open_pool,
+                         register_types)
 from .queue import EmbeddingQueue
 from .rows import Claim, Counts, ImageRecord, ImageRow, KnownFile
 from .schema import SCHEMA_VERSION, TABLE, Schema, SchemaError, SchemaReport, SchemaState
@@ -17,5 +18,5 @@ from .schema import SCHEMA_VERSION, TABLE, Schema, SchemaError, SchemaReport, Sc
 __all__ = [
     "SCHEMA_VERSION", "TABLE", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError", "EmbeddingQueue",
     "ImageRecord", "ImageRow", "KnownFile", "Schema", "SchemaError", "SchemaReport", "SchemaState",
-    "connect", "connection_problem", "copy_images", "open_pool", "register_types",
+    "connect", "connection_lost", "connection_problem", "copy_images", "open_pool", "register_types",
 ]

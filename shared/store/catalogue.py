@@ -12,6 +12,9 @@ from psycopg.rows import class_row
 from .rows import IMAGE_COLUMNS, Counts, ImageRecord, ImageRow, KnownFile
 
 
+PGVECTOR_MAX_EF_SEARCH = 1000  # pgvector refuses more
+
+
 class Catalogue:
     """Reads and writes image rows on one connection, a method per query."""
 
@@ -216,7 +219,7 @@ class Catalogue:
             self.conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
                 "set_config('statement_timeout', %s, true)",
-                (str(max(ef_search, want)), str(int(timeout_ms))),
+                (str(min(PGVECTOR_MAX_EF_SEARCH, max(ef_search, want))), str(int(timeout_ms))),
             )
             if exact:
                 self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")

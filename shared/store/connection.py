@@ -10,7 +10,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
-from ..redact import mask_url, scrub, url_password
+from ..redact import mask_url, scrub, url_secrets
 
 CONNECT_TIMEOUT_S = 10
 
@@ -53,5 +53,14 @@ def register_types(conn: psycopg.Connection) -> bool:
 def connection_problem(url: str, setting: str, exc: BaseException) -> str:
     """One line saying why the database at `url` could not be used, with no password in it."""
     detail = " ".join(str(exc).split()) or type(exc).__name__
-    detail = scrub(detail.replace(url, mask_url(url)), url_password(url))
+    detail = scrub(detail.replace(url, mask_url(url)), *url_secrets(url))
     return f"could not connect to the database ({setting} = {mask_url(url)}): {detail}"
+
+
+def connection_lost(exc: BaseException, url: str | None) -> str:
+    """One line saying the database went away during a command, with no password in it."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if url:
+        detail = scrub(detail, *url_secrets(url))
+    return (f"the database connection was lost ({detail}); what was written before is kept: "
+            "run the command again once the database is back")
