@@ -47,7 +47,9 @@ def create_app(
         embedder, reason = _embedder_from(settings)
     app = Flask(__name__, static_folder=None)  # the blueprint serves /static/browse/
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_upload_bytes
-    pool = open_pool(url, size=settings.web.db_pool_size)
+    where = settings.database_setting if settings.database_url else "the embedded Postgres"
+    pool = open_pool(url, size=settings.web.db_pool_size, wait_s=settings.web.db_wait_s,
+                     setting=where)
     browse = Browse(
         settings=settings,
         pool=pool,
@@ -61,8 +63,9 @@ def create_app(
     app.extensions[EXTENSION] = browse
     app.teardown_appcontext(browse.teardown)
 
-    from . import api, security, views
+    from . import api, media, security, views
 
+    app.url_map.converters["filename"] = media.FileNameConverter
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     security.install(app)

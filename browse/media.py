@@ -7,14 +7,26 @@ from pathlib import Path
 from typing import Callable
 
 from flask import Response, abort, send_file
-from PIL import Image
+from werkzeug.routing import PathConverter
 
+from shared.imagefile import content_type
 from shared.storage import LocalStorage, StorageError, thumbnail_sha256
 
+from .present import HIDDEN
 from .state import get_browse
 
 FOREVER = 365 * 24 * 3600
 ORIGINAL_MAX_AGE = 3600
+
+
+class FileNameConverter(PathConverter):
+    """A path that may hold any character a file name can, newlines included.
+
+    Werkzeug's `path` stops at a newline (its '.' does not match one), so a legal name
+    holding one would answer 404.
+    """
+
+    regex = r"[^/][\s\S]*?"
 
 
 def send_thumbnail(key: str) -> Response:
@@ -34,6 +46,8 @@ def send_thumbnail(key: str) -> Response:
 def send_original(key: str) -> Response:
     """An original that the library knows, with its content hash as ETag."""
     storage = _local_storage()
+    if "\x00" in key:
+        abort(404)  # no file name holds a NUL, and Postgres text cannot carry one
     row = get_browse().catalogue().get_image_by_filename(key)
     if row is None:
         abort(404)
@@ -42,11 +56,18 @@ def send_original(key: str) -> Response:
     # The stored hash is the file's only while the file is the one the loader read.
     unchanged = (stat.st_size, stat.st_mtime_ns) == (row.byte_size, row.mtime_ns)
     etag = row.sha256 if unchanged and row.sha256 else f"{stat.st_size}-{stat.st_mtime_ns}"
-    mimetype = Image.MIME.get((row.format or "").upper(), "application/octet-stream")
-    response = send_file(path, mimetype=mimetype, etag=etag, conditional=True,
-                         max_age=ORIGINAL_MAX_AGE)
+    response = send_file(path, mimetype=content_type(row.format or ""), etag=etag, conditional=True,
+                         max_age=ORIGINAL_MAX_AGE, download_name=saved_name(path.name))
     response.cache_control.public = True
     return response
+
+
+def saved_name(name: str) -> str:
+    """The name a browser saves an original under: no control or bidi characters.
+
+    A header cannot carry a newline, and a save dialog should not be spoofed either.
+    """
+    return HIDDEN.sub("_", name)
 
 
 def _local_storage() -> LocalStorage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +16,15 @@ from .state import get_browse
 # Formats every current browser shows; others (HEIC, TIFF, ...) are shown by their thumbnail.
 BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
+# A cursor's parts as ASCII digits (Python's int() also takes other scripts' digits).
+_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9]{1,19})")
+# Microseconds from the epoch to the first and last instants both Python and Postgres know.
+_MICROS = tuple((datetime(*end, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
+                for end in ((1, 1, 2), (9999, 12, 30)))
+
+# Control characters, and the marks, embeddings, overrides and isolates of the bidi algorithm.
+HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # One image in a grid: its row, and its similarity when it was found by a search.
 Shown = tuple[ImageRow, float | None]
@@ -72,13 +82,13 @@ def get_image(image_id: int) -> ImageRow:
 def search_text(query: str, k: int) -> list[Hit]:
     """The k images nearest a description (SearchError when it cannot be answered)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_text, query), k)
+    return browse.search.by_vector(browse.text_vector(query), k)
 
 
 def search_upload(data: bytes, k: int) -> list[Hit]:
     """The k images nearest an uploaded image (BadUpload when it is not a usable image)."""
     browse = get_browse()
-    return browse.search.by_vector(browse.query_vector(browse.search.embed_image, data), k)
+    return browse.search.by_vector(browse.image_vector(data), k)
 
 
 def similar_to(image_id: int, k: int) -> tuple[ImageRow, list[Hit] | None]:
@@ -105,11 +115,16 @@ def encode_cursor(row: ImageRow) -> str:
 
 
 def decode_cursor(value: str) -> tuple[datetime, int]:
-    """The (created_at, id) a cursor names; ValueError when it is not one of ours."""
-    micros, _, image_id = value.partition(".")
-    if not (micros.lstrip("-").isdigit() and image_id.isdigit()) or len(value) > 40:
+    """The (created_at, id) a cursor names; ValueError when it is not one of ours.
+
+    Both numbers are checked against what datetime and a bigint can hold, so a crafted
+    cursor is a 400, never an overflow.
+    """
+    match = _CURSOR.fullmatch(value)
+    micros, image_id = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not (_MICROS[0] <= micros <= _MICROS[1] and 0 < image_id <= MAX_ID):
         raise ValueError(f"not a page cursor: {value[:40]!r}")
-    return _EPOCH + timedelta(microseconds=int(micros)), int(image_id)
+    return _EPOCH + timedelta(microseconds=micros), image_id
 
 
 # --- how an image is addressed and described -------------------------------------------
@@ -150,13 +165,28 @@ def image_json(row: ImageRow, similarity: float | None = None) -> dict:
         "created_at": row.created_at.isoformat(),
         "embedded": row.embedded,
         "embedding_model": row.embedding_model,
-        "thumbnail_url": _absolute(thumbnail_src(row)),
-        "original_url": _absolute(original_src(row)),
-        "page_url": url_for("browse.image_page", image_id=row.id, _external=True),
+        "thumbnail_url": _public(thumbnail_src(row)),
+        "original_url": _public(original_src(row)),
+        "page_url": _public(url_for("browse.image_page", image_id=row.id)),
     }
     if similarity is not None:
         out["similarity"] = round(similarity, 6)
     return out
+
+
+def display_name(name: str) -> str:
+    """A file name as pages show it: characters that reorder or hide text made visible.
+
+    A right-to-left override (U+202E) would make "x" + U+202E + "ABC.jpg" read "xgpj.CBA", and
+    control characters (a newline) would vanish; each is shown as its code point instead.
+    The JSON API and links keep the real name.
+    """
+    return HIDDEN.sub(lambda m: f"[U+{ord(m[0]):04X}]", name)
+
+
+def title_name(name: str) -> str:
+    """display_name() isolated for plain text (a page title): no direction leaks past it."""
+    return f"\u2068{display_name(name)}\u2069"  # FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE
 
 
 def modified_at(row: ImageRow) -> str | None:
@@ -166,9 +196,12 @@ def modified_at(row: ImageRow) -> str | None:
     return datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def _absolute(url: str | None) -> str | None:
-    if url is None or url.startswith(("http://", "https://")):
-        return url
-    from flask import request
+def _public(url: str | None) -> str | None:
+    """A URL as the JSON gives it: under BROWSE_PUBLIC_URL when set, else relative to this server.
 
-    return request.host_url.rstrip("/") + url
+    Never built from the request's Host header, which the client chooses.
+    """
+    base = get_browse().settings.web.public_url
+    if url is None or base is None or url.startswith(("http://", "https://")):
+        return url
+    return base + url

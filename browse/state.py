@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
+import numpy as np
 import psycopg
 from flask import current_app, g
-from psycopg_pool import ConnectionPool
 
 from shared.embedders.base import EmbeddingError
 from shared.imagefile import ImageProblem
 from shared.progress import Board, TaskState
-from shared.redact import scrub
+from shared.redact import scrub, url_secrets
 from shared.search import Search, SearchUnavailable
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.store import Catalogue, Counts
+from shared.store import Catalogue, Counts, DatabaseUnavailable, Pool, PoolExhausted
 
 EXTENSION = "image_browser"
 T = TypeVar("T")
+# How long an image search waits for a free upload slot before it is told to come back.
+UPLOAD_WAIT_S = 1.0
+log = logging.getLogger(__name__)
 # What each kind of bad upload answers (see shared.imagefile.ImageProblem).
 UPLOAD_STATUS = {"empty": 400, "not_image": 415, "unreadable": 400, "too_large": 413, "format": 415}
 
@@ -36,6 +41,10 @@ class SearchError(Exception):
                  outcome: str = "failed") -> None:
         super().__init__(message)
         self.status, self.code, self.outcome = status, code, outcome
+
+
+class DatabaseDown(Exception):
+    """The database cannot answer this request now (the details went to the log)."""
 
 
 class BadUpload(Exception):
@@ -51,25 +60,50 @@ class Browse:
     """The state one browse app shares between requests (kept in `app.extensions`)."""
 
     settings: Settings
-    pool: ConnectionPool
+    pool: Pool
     storage: Storage
     search: Search
     board: Board | None = None  # the background work of this process (loader up), if any
     _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
     executor: ThreadPoolExecutor = field(init=False)
+    _upload_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+    _database_down: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Embedder calls run here so that a hung backend costs a worker, not a request thread.
         self.executor = ThreadPoolExecutor(max_workers=self.settings.web.embed_workers,
                                            thread_name_prefix="embed")
+        # Each image search decodes the upload: a few at once bound the memory they take.
+        self._upload_slots = threading.BoundedSemaphore(self.settings.web.upload_slots)
 
     # --- the database, one connection per request -------------------------------------
 
     def connection(self) -> psycopg.Connection:
-        """This request's connection: taken from the pool on first use, given back at teardown."""
+        """This request's connection: taken from the pool on first use, given back at teardown.
+
+        DatabaseDown when the database cannot be reached: the page answers 503 at once.
+        """
         if "db" not in g:
-            g.db = self.pool.getconn()
+            try:
+                g.db = self.pool.getconn()
+            except DatabaseUnavailable as exc:
+                self.database_failed(exc)
+                raise DatabaseDown("every database connection is busy" if isinstance(
+                    exc, PoolExhausted) else "the database is not answering") from None
+            self._database_back()
         return g.db
+
+    def database_failed(self, exc: BaseException) -> None:
+        """Log the first failure of an outage, once and without secrets (the page says less)."""
+        if not self._database_down:
+            self._database_down = True
+            detail = scrub(" ".join(str(exc).split()), *url_secrets(self.pool.url))
+            log.warning("the database is unavailable: %s", detail)
+
+    def _database_back(self) -> None:
+        if self._database_down:
+            self._database_down = False
+            log.warning("the database answers again")
 
     def catalogue(self) -> Catalogue:
         """The catalogue on this request's connection."""
@@ -110,9 +144,29 @@ class Browse:
 
     # --- model calls, bounded in time ---------------------------------------------------
 
-    def query_vector(self, embed: Callable[[T], object], value: T):
-        """Run one of `Search.embed_*` within the time limit; SearchError or BadUpload otherwise."""
-        future = self.executor.submit(embed, value)
+    def text_vector(self, text: str) -> np.ndarray:
+        """A query text's vector within the time limit; SearchError otherwise."""
+        return self._within_limit(self.executor.submit(self.search.embed_text, text))
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        """An uploaded image's vector; SearchError (503) when every upload slot stays busy.
+
+        The slot is held until the embedding call ends, even after the request gave up on it,
+        so no more than `upload_slots` uploads are ever decoded at once.
+        """
+        if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_S):
+            raise SearchError("the server is busy with other image searches; try again in a moment",
+                              503, "busy", "is busy")
+        try:
+            future = self.executor.submit(self.search.embed_image, data)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._upload_slots.release())
+        return self._within_limit(future)
+
+    def _within_limit(self, future: Future[T]) -> T:
+        """The future's result within the time limit; failures as SearchError or BadUpload."""
         limit = self.settings.web.embed_timeout_s
         try:
             return future.result(timeout=limit)

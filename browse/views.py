@@ -24,6 +24,8 @@ def _page_context() -> dict:
         "thumbnail_src": present.thumbnail_src,
         "live_poll_ms": int(browse.settings.web.live_poll_s * 1000),
         "max_page_size": browse.settings.web.max_page_size,
+        "display_name": present.display_name,
+        "title_name": present.title_name,
     }
 
 
@@ -107,7 +109,7 @@ def thumbnail(key: str):
     return media.send_thumbnail(key)
 
 
-@bp.get("/media/original/<path:key>")
+@bp.get("/media/original/<filename:key>")
 def original(key: str):
     """An original from local storage."""
     return media.send_original(key)

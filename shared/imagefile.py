@@ -138,7 +138,7 @@ def inspect_image(
         width=width,
         height=height,
         format=image_format,
-        content_type=Image.MIME.get(image_format, "application/octet-stream"),
+        content_type=content_type(image_format),
         thumbnail=thumb,
     )
 
@@ -157,20 +157,37 @@ def _decode(data: bytes, thumbnail: bool) -> tuple[str, bytes | None]:
     return image_format, thumb
 
 
-def check_upload(data: bytes, max_pixels: int) -> str:
-    """The format of an uploaded image, checked by decoding it; raises ImageProblem."""
+def check_upload(data: bytes, max_pixels: int, max_decoded_pixels: int) -> str:
+    """The format of an uploaded image, checked by decoding it; raises ImageProblem.
+
+    JPEGs are decoded at 1/8 size (every block is still read and checked), so memory stays
+    small for any photo; other formats decode whole, so their pixels must fit
+    `max_decoded_pixels` (their header says how many before anything is decoded).
+    """
     if not data:
         raise ImageProblem("the upload is empty: choose an image file", "empty")
     prepare_decoders(max_pixels)
     with pillow_errors("the image cannot be decoded"), Image.open(io.BytesIO(data)) as image:
         image_format = image.format or ""
-        if image.width * image.height > max_pixels:
-            raise ImageProblem(
-                f"the image is too large ({image.width}x{image.height} pixels)", "too_large")
         if image_format not in UPLOAD_FORMATS:
             raise ImageProblem(f"{image_format or 'this'} images are not accepted", "format")
+        width, height = image.size
+        if image_format in ("JPEG", "MPO"):
+            image.draft(image.mode, (1, 1))  # the largest reduction the decoder offers
+        if image.width * image.height > max_decoded_pixels:
+            raise ImageProblem(f"the image is too large ({width}x{height} pixels; at most "
+                               f"{max_decoded_pixels:,} can be searched with)", "too_large")
         image.load()
     return image_format
+
+
+def content_type(image_format: str) -> str:
+    """The MIME type browsers know for a Pillow format name (MPO is served as the JPEG it is)."""
+    register_decoders()
+    Image.init()  # Image.MIME fills in as plugins load: load them all before asking
+    if image_format.upper() == "MPO":
+        return "image/jpeg"
+    return Image.MIME.get(image_format.upper(), "application/octet-stream")
 
 
 def make_thumbnail(image: Image.Image) -> bytes:

@@ -61,7 +61,8 @@ class Search:
         expected_dimensions: int,
         table_dimensions: int | None = None,
         ef_search: int = 100,
-        max_upload_pixels: int = 178_956_970,
+        max_image_pixels: int = 178_956_970,
+        max_upload_pixels: int = 50_000_000,
         no_embedder_reason: str = "no embedder is configured",
     ) -> None:
         self.connections = connections
@@ -69,6 +70,7 @@ class Search:
         self.expected_dimensions = expected_dimensions
         self.table_dimensions = table_dimensions
         self.ef_search = ef_search
+        self.max_image_pixels = max_image_pixels
         self.max_upload_pixels = max_upload_pixels
         self.no_embedder_reason = no_embedder_reason
         self.no_embedder_summary: str | None = None  # a few words for a banner; None: the reason
@@ -87,7 +89,8 @@ class Search:
             expected_dimensions=settings.expected_vector_dim,
             table_dimensions=table_dimensions,
             ef_search=settings.web.hnsw_ef_search,
-            max_upload_pixels=settings.max_image_pixels,
+            max_image_pixels=settings.max_image_pixels,
+            max_upload_pixels=settings.web.max_upload_pixels,
             no_embedder_reason=no_embedder_reason or "no embedder is configured",
         )
 
@@ -148,12 +151,16 @@ class Search:
         return self._embed(lambda: embedder.embed_texts([text]))
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        """An image file's unit vector, after checking it is one (ImageProblem says why not)."""
+        """An image file's unit vector, after checking it is one (ImageProblem says why not).
+
+        The check decodes it (at reduced size where the format allows) within
+        `max_upload_pixels`; the embedder is then given the file as it came.
+        """
         embedder = self._ready()
         if not embedder.supports_images:
             raise SearchUnavailable(
                 f"the embedder {embedder.model_id} embeds only text here, so search by image is off")
-        check_upload(data, self.max_upload_pixels)
+        check_upload(data, self.max_image_pixels, self.max_upload_pixels)
         source = ImageSource(key="upload", url=None, read=lambda: data)
         return self._embed(lambda: embedder.embed_images([source]))
 
@@ -222,7 +229,7 @@ def open_search(settings: Settings | None = None, embedder: Embedder | None = No
         state = Schema(conn).check()
     if state.problem:
         raise SchemaError(state.problem)
-    pool = open_pool(url, size=2)
+    pool = open_pool(url, size=2, setting=settings.database_setting)
     return Search.configured(pool.connection, embedder, settings,
                              table_dimensions=state.dimensions, no_embedder_reason=reason)
 

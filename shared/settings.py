@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -61,9 +62,16 @@ class WebSettings:
     embed_timeout_s: float = 20.0
     embed_workers: int = 4
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Pixels an upload may decode to (JPEG decodes at 1/8 size): a 48 MP phone photo passes,
+    # and one decode stays under 200 MB (4 bytes a pixel at most).
+    max_upload_pixels: int = 50_000_000
+    upload_slots: int = 2  # image searches at once; the others wait a second, then get a 503
     db_pool_size: int = 8
+    db_wait_s: float = 2.0  # a page waits this long for the database, then answers 503
     summary_ttl_s: float = 10.0  # the page header's counts are reused this long
     live_poll_s: float = 3.0  # how often an open page asks whether the library changed
+    # scheme://host[:port] the JSON API's URLs start with; None: URLs relative to the server.
+    public_url: str | None = None
 
 
 # name, attribute, parser, lowest, highest: every BROWSE_* variable and what it accepts.
@@ -77,7 +85,10 @@ _WEB_FIELDS: tuple[tuple[str, str, type, float, float], ...] = (
     ("BROWSE_EMBED_TIMEOUT_S", "embed_timeout_s", float, 0.1, 600),
     ("BROWSE_EMBED_WORKERS", "embed_workers", int, 1, 64),
     ("BROWSE_MAX_UPLOAD_BYTES", "max_upload_bytes", int, 1024, 1024**3),
+    ("BROWSE_MAX_UPLOAD_PIXELS", "max_upload_pixels", int, 10_000, 500_000_000),
+    ("BROWSE_UPLOAD_SLOTS", "upload_slots", int, 1, 64),
     ("BROWSE_DB_POOL_SIZE", "db_pool_size", int, 1, 100),
+    ("BROWSE_DB_WAIT_S", "db_wait_s", float, 0.1, 60),
     ("BROWSE_SUMMARY_TTL_S", "summary_ttl_s", float, 0, 3600),
     ("BROWSE_LIVE_POLL_S", "live_poll_s", float, 0.2, 3600),
 )
@@ -164,10 +175,11 @@ class Settings:
             clip_model=get("CLIP_MODEL") or DEFAULT_CLIP_MODEL,
             clip_model_path=Path(p).expanduser() if (p := get("CLIP_MODEL_PATH")) else None,
             max_image_pixels=_number(get, "MAX_IMAGE_PIXELS", 178_956_970, int, 1, 2**40),
-            web=WebSettings(**{
-                attr: _number(get, name, getattr(WebSettings, attr), kind, lo, hi)
-                for name, attr, kind, lo, hi in _WEB_FIELDS
-            }),
+            web=WebSettings(
+                **{attr: _number(get, name, getattr(WebSettings, attr), kind, lo, hi)
+                   for name, attr, kind, lo, hi in _WEB_FIELDS},
+                public_url=_public_url(get("BROWSE_PUBLIC_URL")),
+            ),
             live=LiveSettings(
                 events=_choice(get, "WATCH_EVENTS", WATCH_EVENTS, "auto"),
                 **{attr: _number(get, name, getattr(LiveSettings, attr), kind, lo, hi)
@@ -236,6 +248,22 @@ def _base_url(value: str | None) -> str | None:
         raise SettingsError(
             f"IMAGE_BASE_URL must start with http:// or https://, got {mask_url(value)[:80]!r}")
     return value.rstrip("/") + "/"
+
+
+def _public_url(value: str | None) -> str | None:
+    """An http(s) origin (scheme://host[:port]) without a trailing slash, or None."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+            or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc):
+        raise SettingsError(
+            f"BROWSE_PUBLIC_URL must be the site's address, like https://photos.example.com, "
+            f"got {mask_url(value)[:80]!r}")
+    return value.rstrip("/")
 
 
 def _http_url(get, name: str) -> str | None:

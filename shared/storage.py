@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -139,7 +140,9 @@ class LocalStorage:
     def put_thumbnail(self, key: str, data: bytes) -> None:
         """Write atomically, so a killed run never leaves half a thumbnail."""
         target = self.thumbnail_path(key)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        # One partial file per thread: two copies of one picture share a thumbnail key, and
+        # sync's threads may write it at the same moment.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(data)
@@ -196,9 +199,14 @@ def _why(exc: OSError, folder: Path) -> str:
     return exc.strerror or type(exc).__name__
 
 
+# A backslash is a plain character in POSIX file names, and a separator only on Windows.
+_SEPARATORS = {sep for sep in (os.sep, os.altsep) if sep and sep != "/"}
+
+
 def _inside(root: Path, key: str) -> Path:
+    """root/key, for a key of '/'-separated names that cannot lead anywhere else."""
     root = root.absolute()
-    if not key or "\x00" in key or key.startswith("/") or "\\" in key:
+    if not key or "\x00" in key or key.startswith("/") or any(s in key for s in _SEPARATORS):
         raise StorageError(f"invalid object key {key!r}")
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts):

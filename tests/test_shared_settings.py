@@ -71,6 +71,8 @@ def test_mlx_local_reads_db_url_from_its_env_file(tmp_path, monkeypatch):
     ("BROWSE_PAGE_SIZE", "abc"), ("BROWSE_PAGE_SIZE", "0"), ("BROWSE_MAX_UPLOAD_BYTES", "abc"),
     ("BROWSE_EMBED_TIMEOUT_S", "abc"), ("BROWSE_EMBED_TIMEOUT_S", "nan"),
     ("EXPECTED_VECTOR_DIM", "20000"), ("MAX_IMAGE_PIXELS", "-1"),
+    ("BROWSE_UPLOAD_SLOTS", "0"), ("BROWSE_MAX_UPLOAD_PIXELS", "lots"),
+    ("BROWSE_MAX_UPLOAD_PIXELS", "999999999999"), ("BROWSE_DB_WAIT_S", "0"),
 ])
 def test_every_number_is_checked_at_start_with_its_name_and_range(name, value):
     with pytest.raises(SettingsError) as err:
@@ -88,10 +90,28 @@ def test_web_settings_come_from_browse_variables():
 def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("EXPECTED_VECTOR_DIM=512\nIMAGES_DIR=/from/file\n")
     monkeypatch.setenv("IMAGES_DIR", "/from/env")
-    monkeypatch.delenv("EXPECTED_VECTOR_DIM", raising=False)
+    # setenv first so that monkeypatch removes what load_dotenv writes into the environment.
+    monkeypatch.setenv("EXPECTED_VECTOR_DIM", "")
+    monkeypatch.delenv("EXPECTED_VECTOR_DIM")
     settings = load_settings(tmp_path)
     assert settings.expected_vector_dim == 512
     assert settings.images_dir == Path("/from/env")
+
+
+@pytest.mark.parametrize("value", [
+    "photos.example.com", "ftp://photos.example.com", "https://", "https://photos.example.com/sub",
+    "https://photos.example.com/?x=1", "https://user:pw@photos.example.com", "http://[::1",
+])
+def test_the_public_url_must_be_an_origin(value):
+    with pytest.raises(SettingsError, match="BROWSE_PUBLIC_URL") as err:
+        Settings.from_env({"BROWSE_PUBLIC_URL": value})
+    assert ":pw@" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_public_url_is_kept_without_its_trailing_slash():
+    assert Settings.from_env({}).web.public_url is None
+    web = Settings.from_env({"BROWSE_PUBLIC_URL": "https://photos.example.com:8443/"}).web
+    assert web.public_url == "https://photos.example.com:8443"
 
 
 # Each bad value as probing found it (and the gaps found since), through the real commands.

@@ -1,3 +1,5 @@
+import os
+import threading
 import urllib.request
 
 import pytest
@@ -70,13 +72,50 @@ def test_r2_failure_names_the_file(tmp_path):
         storage.put_original("f.jpg", source, "image/jpeg")
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "", "a\\..\\b"])
+@pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "", "a\x00b"])
 def test_local_storage_refuses_keys_outside_its_folders(tmp_path, key):
     storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
     with pytest.raises(StorageError):
         storage.original_path(key)
     with pytest.raises(StorageError):
         storage.thumbnail_path(key)
+
+
+@pytest.mark.skipif(os.sep != "/" or os.altsep is not None, reason="POSIX file names")
+@pytest.mark.parametrize("key", ["back\\slash.jpg", "a\\..\\b.jpg", "..\\up.jpg", "new\nline.jpg"])
+def test_a_posix_name_with_a_backslash_or_newline_is_one_name_inside_the_folder(tmp_path, key):
+    # Legal on Linux and macOS, where a backslash separates nothing: refusing them made
+    # every sync of such a file fail, forever.
+    storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
+    path = storage.original_path(key)
+    assert path.parent == tmp_path / "images" and path.name == key
+    path.parent.mkdir()
+    path.write_bytes(b"pixels")
+    storage.put_original(key, path, "image/jpeg")  # already in place: nothing to copy
+    assert storage.read_original(key) == b"pixels"
+
+
+def test_threads_writing_one_thumbnail_at_once_all_succeed(tmp_path):
+    # Copies of one picture share a thumbnail; sync's threads write them concurrently.
+    storage = LocalStorage(tmp_path / "images", tmp_path / "thumbs")
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        start.wait(timeout=30)
+        for _ in range(200):
+            try:
+                storage.put_thumbnail("ab/abc.jpg", b"the same bytes")
+            except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert [p.name for p in (tmp_path / "thumbs/ab").iterdir()] == ["abc.jpg"]
 
 
 def test_local_thumbnail_write_is_atomic(tmp_path):

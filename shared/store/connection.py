@@ -1,4 +1,4 @@
-"""Connections to Postgres: one at a time for commands, a pool for the web app.
+"""Connections to Postgres, one at a time (the web app's pool is in `pool.py`).
 
 pgvector's types are registered on a connection only once the extension exists (a fresh
 database gets it from `Schema.ensure`, which registers its own connection afterwards).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg_pool import ConnectionPool
 
 from ..redact import mask_url, scrub, url_secrets
 
@@ -27,19 +26,6 @@ def connect(url: str, setting: str = "the database URL") -> psycopg.Connection:
         raise DatabaseError(connection_problem(url, setting, exc)) from None
     register_types(conn)
     return conn
-
-
-def open_pool(url: str, size: int, *, timeout_s: float = 10.0) -> ConnectionPool:
-    """A pool of autocommit connections that know pgvector's types."""
-    return ConnectionPool(
-        url,
-        min_size=1,
-        max_size=size,
-        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-        configure=register_types,
-        timeout=timeout_s,
-        open=True,
-    )
 
 
 def register_types(conn: psycopg.Connection) -> bool:

@@ -43,14 +43,19 @@
 
   // --- infinite scroll ---------------------------------------------------------------
   // The "Older images" link is a plain link without script; with it, the next page is fetched
-  // and its boxes are moved into this grid when the link comes near the viewport.
+  // and its boxes are moved into this grid when the link comes near the viewport. Not before
+  // the reader scrolls, though, unless this page leaves the window unfilled: fetching ahead at
+  // load doubled what the first screen downloads (docs/benchmarks.md).
   function infiniteScroll() {
     const grid = document.getElementById("grid");
     let more = document.getElementById("more");
     if (!grid || !more || !("IntersectionObserver" in window)) return;
     let busy = false;
+    let scrolled = false;
+    const fillsWindow = () => document.documentElement.scrollHeight > window.innerHeight + 1;
     const observer = new IntersectionObserver(async (entries) => {
       if (busy || !entries.some((e) => e.isIntersecting)) return;
+      if (!scrolled && fillsWindow()) return;
       busy = true;
       try {
         const response = await fetch(more.href, { headers: { Accept: "text/html" } });
@@ -79,6 +84,11 @@
       if (more) { observer.unobserve(more); observer.observe(more); }
     }, { rootMargin: "200px 0px" });
     observer.observe(more);
+    window.addEventListener("scroll", () => {
+      scrolled = true;
+      // Observing anew reports the link's state now, even if it was already near at load.
+      if (more) { observer.unobserve(more); observer.observe(more); }
+    }, { passive: true, once: true });
   }
 
   // --- keyboard ----------------------------------------------------------------------
