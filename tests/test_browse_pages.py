@@ -336,7 +336,7 @@ def test_photos_copied_into_the_folder_appear_on_the_open_page(live_site, watche
     page.wait_for_selector("#empty")
     (tmp_path / "first.png").write_bytes(png_bytes((200, 30, 30), (300, 200)))
     shutil.copy(tmp_path / "first.png", images / "first.png")
-    page.wait_for_selector("#grid > .box .caption:text-is('first.png')", timeout=15000)
+    page.wait_for_selector("#grid > .box .caption:has-text('first.png')", timeout=15000)
     assert page.is_hidden("#empty")
     shutil.copy(tmp_path / "first.png", images / "second.png")
     page.wait_for_function(
@@ -345,7 +345,7 @@ def test_photos_copied_into_the_folder_appear_on_the_open_page(live_site, watche
     page.wait_for_selector("#grid.justified")
     shot(watched, "live")
     (images / "first.png").unlink()
-    page.wait_for_selector("#grid > .box .caption:text-is('first.png')", state="detached",
+    page.wait_for_selector("#grid > .box .caption:has-text('first.png')", state="detached",
                            timeout=15000)
     assert page.eval_on_selector_all("#grid > .box", "b => b.length") == 1
 
