@@ -9,6 +9,7 @@ from flask import Flask
 
 from shared.database import database_url
 from shared.embedders.base import Embedder, EmbeddingError
+from shared.progress import Board
 from shared.search import Search
 from shared.settings import Settings, load_settings
 from shared.storage import open_storage
@@ -20,17 +21,22 @@ APP_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 
 _FROM_SETTINGS = object()
+# A reason longer than this is summed up in the pages' one-line banner; /status has it whole.
+BANNER_REASON_CHARS = 90
 
 
 def create_app(
-    settings: Settings | None = None, embedder: Embedder | None | object = _FROM_SETTINGS
+    settings: Settings | None = None, embedder: Embedder | None | object = _FROM_SETTINGS,
+    board: Board | None = None,
 ) -> Flask:
     """Build the browse app.
 
     `settings` default to browse/.env plus the environment. `embedder` defaults to what
-    the embedder factory builds from them (pass None to turn search off; mlx-local passes
-    its own). The table must exist at the current schema version: SchemaError says to run
-    `loader ensure-schema` otherwise; the app never changes the schema itself.
+    the embedder factory builds from them with the weights already here (pass None to turn
+    search off; mlx-local passes its own; `loader up` turns it on later, from its background
+    work, whose progress `board` shows on /status). The table must exist at the current schema
+    version: SchemaError says to run `loader ensure-schema` otherwise; the app never changes
+    the schema itself.
     """
     if settings is None:
         settings = load_settings(APP_DIR)
@@ -50,7 +56,10 @@ def create_app(
         storage=open_storage(settings),
         search=Search.configured(lambda: browse.lend_connection(), embedder, settings,
                                  table_dimensions=state.dimensions, no_embedder_reason=reason),
+        board=board,
     )
+    if len(reason) > BANNER_REASON_CHARS:
+        browse.search.no_embedder_summary = "no search model is set up here yet"
     app.extensions[EXTENSION] = browse
     app.teardown_appcontext(browse.teardown)
 
@@ -76,7 +85,8 @@ def _embedder_from(settings: Settings) -> tuple[Embedder | None, str]:
     from shared.embedders.factory import make_embedder
 
     try:
-        return make_embedder(settings, text_only=True), ""
+        # A server cannot wait for a download: it uses weights already on this machine.
+        return make_embedder(settings, text_only=True, waiting=False), ""
     except EmbeddingError as exc:
         log.info("search is off: %s", exc)
         return None, str(exc)

@@ -103,8 +103,12 @@ def status():
         },
         search_available=search.off_reason is None,
         search_off_reason=search.off_reason,
+        search_off_summary=search.off_summary,
         warnings=browse.warnings(),
         storage=browse.storage.kind,
+        hidden=browse.catalogue().hidden_count(),
+        library_version=browse.catalogue().version(),
+        activity=[task.as_dict() for task in browse.activity()],
     )
 
 

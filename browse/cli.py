@@ -39,17 +39,29 @@ def configure_logging() -> None:
 
 
 def serve_app(app, host: str, port: int, threads: int, ident: str) -> None:
-    """Serve with waitress until stopped, then close the app's pool and workers."""
-    from waitress import serve
+    """Serve with waitress until Ctrl-C or SIGTERM, then close the app's pool and workers.
 
-    browse = app.extensions["image_browser"]
-    search = browse.search
-    what = search.embedder.model_id if search.off_reason is None else f"off ({search.off_reason})"
-    click.echo(f"Image Browser on http://{host}:{port}/  (search: {what})")
+    Both signals end the same way, with exit status 0 and the embedded Postgres stopped when
+    this was its last user.
+    """
+    from shared.lifecycle import StopSignals
+
+    from .server import WebServer
+
+    search = app.extensions["image_browser"].search
     try:
-        serve(app, host=host, port=port, threads=threads, ident=ident)
-    finally:
-        browse.close()
+        server = WebServer(app, host, port, threads, ident)
+    except OSError as exc:
+        app.extensions["image_browser"].close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    what = search.embedder.model_id if search.off_reason is None else f"off ({search.off_summary})"
+    click.echo(f"Image Browser on {server.url}  (search: {what})", nl=True)
+    with StopSignals(interrupt=True):
+        try:
+            server.run()
+        finally:
+            server.close()
+    click.echo("stopped")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from flask import current_app, g
 
 from shared.embedders.base import EmbeddingError
 from shared.imagefile import ImageProblem
+from shared.progress import Board, TaskState
 from shared.redact import scrub, url_secrets
 from shared.search import Search, SearchUnavailable
 from shared.settings import Settings
@@ -63,6 +64,7 @@ class Browse:
     pool: Pool
     storage: Storage
     search: Search
+    board: Board | None = None  # the background work of this process (loader up), if any
     _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
     _cameras: tuple[float, list[tuple[str, int]]] | None = field(default=None, init=False,
                                                                 repr=False)
@@ -152,7 +154,11 @@ class Browse:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
-    # --- what the pages warn about ---------------------------------------------------
+    # --- what the pages warn about, and what the process is doing ----------------------
+
+    def activity(self) -> list[TaskState]:
+        """The background work of this process (download, sync, embedding), for /status."""
+        return self.board.tasks() if self.board is not None else []
 
     def warnings(self) -> list[str]:
         """Everything a page should show in its warning banner."""

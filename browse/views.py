@@ -23,13 +23,15 @@ def _page_context() -> dict:
     filters = _page_filters()
     return {
         "warnings": browse.warnings(),
-        "search_off": browse.search.off_reason,
+        "search_off": browse.search.off_summary,
         "fmt_size": _fmt_size,
         "thumbnail_src": present.thumbnail_src,
         "filters": filters,
         "fargs": filter_args(filters),
         "chips": chips(filters),
         "cameras": browse.camera_list,
+        "live_poll_ms": int(browse.settings.web.live_poll_s * 1000),
+        "max_page_size": browse.settings.web.max_page_size,
         "display_name": present.display_name,
         "title_name": present.title_name,
     }
@@ -64,8 +66,9 @@ def home():
     first = not cursor
     counts = get_browse().summary_counts() if first and not filters else None
     albums = present.folders(filters.folder)[0] if first and filters.folder else []
+    version = get_browse().catalogue().version() if first else None
     return render_template("browse/home.html", page=page, items=present.headings(page),
-                           counts=counts, first=first, albums=albums,
+                           counts=counts, first=first, albums=albums, library_version=version,
                            crumbs=present.breadcrumbs(filters.folder))
 
 
@@ -131,9 +134,12 @@ def upload_page():
 def status_page():
     """How many images wait for embeddings, and whether the dimensions agree."""
     browse = get_browse()
-    counts = browse.catalogue().counts()
+    catalogue = browse.catalogue()
+    counts, hidden = catalogue.counts(), catalogue.hidden_count()
     pgvector = Schema(browse.connection()).pgvector_version()
-    return render_template("browse/status.html", counts=counts, browse=browse, pgvector=pgvector)
+    return render_template("browse/status.html", counts=counts, hidden=hidden, browse=browse,
+                           pgvector=pgvector, activity=browse.activity(),
+                           library_version=catalogue.version())
 
 
 @bp.get("/media/thumb/<path:key>")

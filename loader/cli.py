@@ -15,12 +15,15 @@ import psycopg
 from shared.database import database_url, describe
 from shared.embedders.base import EmbeddingError
 from shared.embedders.factory import BACKENDS
+from shared.lifecycle import StopSignals
+from shared.progress import Progress
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import StorageError, open_storage
 from shared.store import (Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect,
                           connection_lost)
 
 APP_DIR = Path(__file__).resolve().parent
+BROWSE_DIR = APP_DIR.parent / "browse"  # `up` serves the pages too, so it reads browse/.env
 
 
 class Context:
@@ -73,8 +76,9 @@ def main(ctx: click.Context) -> None:
     Configuration comes from loader/.env and the environment (the environment wins).
     With nothing configured, an embedded Postgres and the local disk are used.
     """
+    also = (BROWSE_DIR,) if ctx.invoked_subcommand == "up" else ()
     try:
-        ctx.obj = Context(load_settings(APP_DIR))
+        ctx.obj = Context(load_settings(APP_DIR, also=also))
     except SettingsError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
 
@@ -123,16 +127,22 @@ def sync(app: Context, images: Path | None, jobs: int, dry_run: bool, prune: boo
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     app.ensure_schema()
-    report = run_sync(
-        Catalogue(app.conn), storage, folder,
-        jobs=jobs, max_pixels=settings.max_image_pixels, dry_run=dry_run, prune=prune,
-        progress=False if as_json else None,
-    )
+    with StopSignals() as signals:
+        report = run_sync(
+            Catalogue(app.conn), storage, folder,
+            jobs=jobs, max_pixels=settings.max_image_pixels, dry_run=dry_run, prune=prune,
+            progress=Progress("sync", "{done} of {total} files looked at", show=not as_json,
+                              every_s=settings.live.progress_every_s),
+            stop=signals.event,
+        )
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
         _print_sync_summary(report)
-    if report.failed:
+    if report.stopped:
+        click.echo("stopped before the end: the next sync continues where this one stopped",
+                   err=True)
+    elif report.failed:
         sys.exit(1)
 
 
@@ -145,6 +155,9 @@ def _print_sync_summary(report) -> None:
         + (f", thumbnails made {report.thumbnails}" if report.thumbnails else "")
         + (f", dates and cameras read {report.metadata}" if report.metadata else "")
         + (f", pruned {report.pruned}" if report.pruned else "")
+        + (f", hidden {report.hidden} (gone from the folder; --prune forgets them)"
+           if report.hidden else "")
+        + (f", back {report.restored}" if report.restored else "")
         + (f" ({mb:.1f} MB read in {report.seconds:.1f} s)" if report.bytes_read else "")
     )
     for failure in report.failed:
@@ -179,7 +192,8 @@ def embed(app: Context, backend: str | None, reembed: bool, retry_failed: bool, 
     from .embed import EmbedOptions, run_embed
 
     try:
-        embedder = make_embedder(app.settings, backend=backend)
+        embedder = make_embedder(app.settings, backend=backend,
+                                 on_progress=_download_progress(app.settings, as_json))
     except EmbeddingError as exc:
         raise click.ClickException(f"no embedder available: {exc}") from None
     schema = app.ensure_schema()
@@ -188,14 +202,46 @@ def embed(app: Context, backend: str | None, reembed: bool, retry_failed: bool, 
         raise click.ClickException(problem)
     options = EmbedOptions(jobs=jobs or embedder.concurrency, limit=limit, reembed=reembed,
                            retry_failed=retry_failed, lease_seconds=lease_seconds)
-    report = run_embed(app.conn, embedder, open_storage(app.settings), options,
-                       progress=False if as_json else None)
+    from .embed import searchable_progress
+
+    progress = searchable_progress(app.conn, show=not as_json,
+                                   every_s=app.settings.live.progress_every_s)
+    with StopSignals() as signals:
+        try:
+            report = run_embed(app.conn, embedder, open_storage(app.settings), options,
+                               progress=progress, stop=signals.event)
+        finally:
+            progress.finish("stopped" if signals.stopping else "done")
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
         _print_embed_summary(report)
-    if report.failed or report.error:
+    if report.stopped and not report.error:
+        click.echo("stopped before the end: the images in hand were saved, the others given "
+                   "back for the next run", err=True)
+    elif report.failed or report.error:
         sys.exit(1)
+
+
+def _download_progress(settings: Settings, as_json: bool):
+    """A callback that shows a model download's size first, then its progress."""
+    from shared.progress import amount, say
+
+    shown: list[Progress] = []
+
+    def on_progress(p) -> None:
+        if not shown:
+            if not as_json:
+                say(f"fetching {settings.clip_model} ({amount(p.total_bytes, 'B')}) from the "
+                    "Hugging Face hub, once (resumable)")
+            shown.append(Progress("model", "{done} of {total} downloaded", total=p.total_bytes,
+                                  done=p.done_bytes, unit="B", show=not as_json,
+                                  every_s=settings.live.progress_every_s))
+        shown[0].set_done(p.done_bytes)
+        if p.done_bytes >= p.total_bytes:
+            shown[0].finish()
+
+    return on_progress
 
 
 def _print_embed_summary(report) -> None:
@@ -217,6 +263,49 @@ def _print_embed_summary(report) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="Request threads.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 2,
+              show_default="number of CPUs", help="Files decoded at once while syncing.")
+@pass_context
+def up(app: Context, host: str, port: int, threads: int, jobs: int) -> None:
+    """The main job: serve the library at once and keep it live.
+
+    Creates the table, starts the web pages (they answer within seconds), then in the
+    background: syncs the images folder and follows its changes, fetches the search model once
+    if it is missing (EMBEDDER=none skips it; with REPLICATE_API_TOKEN, Replicate is used), and
+    embeds what is missing, newest first. Search turns on when the model is loaded. Reads
+    loader/.env, then browse/.env. Ctrl-C or SIGTERM stops everything and exits 0.
+    """
+    from .up import ServeOptions, run_up
+
+    if not app.settings.images_dir.is_dir():
+        raise click.ClickException(f"images folder {app.settings.images_dir} does not exist: "
+                                   "create it and put photos in it")
+    run_up(app.settings, ServeOptions(host, port, threads), jobs)
+
+
+@main.command()
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 2,
+              show_default="number of CPUs", help="Files decoded at once while syncing.")
+@pass_context
+def watch(app: Context, jobs: int) -> None:
+    """Keep the library live without serving pages (the web app runs elsewhere).
+
+    Syncs the images folder and follows its changes, and embeds what is missing, fetching the
+    model once if needed. Ctrl-C or SIGTERM stops it and exits 0.
+    """
+    from .up import run_watch
+
+    if not app.settings.images_dir.is_dir():
+        raise click.ClickException(f"images folder {app.settings.images_dir} does not exist")
+    run_watch(app.settings, jobs)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_context
 def status(app: Context, as_json: bool) -> None:
@@ -226,6 +315,7 @@ def status(app: Context, as_json: bool) -> None:
     exists = schema.table_exists()
     counts = Catalogue(app.conn).counts().as_dict() if exists else {
         "images": 0, "embedded": 0, "waiting": 0, "failed": 0}
+    counts["hidden"] = Catalogue(app.conn).hidden_count() if exists else 0
     info = {
         "database": describe(settings),
         "storage": open_storage(settings).describe(),
@@ -241,5 +331,6 @@ def status(app: Context, as_json: bool) -> None:
         click.echo("no image_embeddings table yet: run `loader ensure-schema` or `loader sync`")
     for label, key in (("database", "database"), ("storage", "storage"), ("pgvector", "pgvector_version"),
                        ("vector dimension", "table_vector_dim"), ("images", "images"),
-                       ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed")):
+                       ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed"),
+                       ("hidden (gone)", "hidden")):
         click.echo(f"{label + ':':<18}{info[key] if info[key] is not None else '-'}")

@@ -2,7 +2,9 @@
 
 Work is leased from the database a little at a time (see `shared.store.queue`), run on
 `jobs` threads through the `Embedder` protocol, and written back as each batch finishes,
-so a worker killed at any moment loses only its unfinished leases, which expire.
+so a worker killed at any moment loses only its unfinished leases, which expire (at once for
+a killed worker of this machine: the next run sees that its process is gone). A stop request
+finishes the batches being embedded, saves them and gives the other leases back.
 """
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import partial
+
 import numpy as np
 import psycopg
-from tqdm import tqdm
 
 from shared.embedders.base import FATAL, Embedder, EmbeddingError, ImageSource, PartialFailure
+from shared.progress import Progress
 from shared.storage import Storage
-from shared.store import Claim, EmbeddingQueue
+from shared.store import Catalogue, Claim, EmbeddingQueue
 
 LEASE_SECONDS = 300.0
 # Results are written in groups; a killed worker loses (and a later one redoes) at most these.
@@ -34,6 +37,31 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def release_dead_workers(queue: EmbeddingQueue) -> int:
+    """Give back the leases of this machine's workers whose processes are gone (killed).
+
+    Their leases would otherwise hold those images until they expire. A worker id is
+    host:pid:token; a pid in use again by another process is left alone (its leases expire).
+    """
+    host = socket.gethostname()
+    released = 0
+    for holder in queue.holders():
+        name, _, rest = holder.rpartition(":")[0].partition(":")
+        if name == host and rest.isdigit() and not _alive(int(rest)):
+            released += queue.release(holder)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class EmbedReport:
     """What one `loader embed` run did, for people and for `--json`."""
@@ -44,6 +72,7 @@ class EmbedReport:
     shared: int = 0  # rows that got the vector of an identical image
     failed: list[dict[str, str]] = field(default_factory=list)
     error: str | None = None  # why the run stopped early, if it did
+    stopped: bool = False  # a stop was requested before the queue was empty
     leased_elsewhere: int = 0  # rows left to other workers' live leases (or a killed one's)
     leases_end: str | None = None  # when the last of those leases runs out (ISO 8601)
     seconds: float = 0.0
@@ -77,18 +106,26 @@ def run_embed(
     options: EmbedOptions = EmbedOptions(),
     *,
     worker_id: str | None = None,
-    progress: bool | None = None,
+    progress: bool | Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> EmbedReport:
-    """Embed every row that needs it (up to `limit` contents) and say what happened."""
+    """Embed every row that needs it (up to `limit` contents) and say what happened.
+
+    `progress` is a Progress to report to, or whether to show one; `stop` ends the run early.
+    """
     started = time.perf_counter()
     report = EmbedReport(model=embedder.model_id, worker=worker_id or worker_name())
     queue = EmbeddingQueue(conn, embedder.model_id, reembed=options.reembed,
                            retry_failed=options.retry_failed)
-    backfill = _Backfill(queue, embedder, storage, options, report)
-    total = queue.count_waiting()
-    with tqdm(total=min(total, options.limit or total), unit="img", desc="embed", file=sys.stderr,
-              disable=progress is False or not total, smoothing=0.05) as backfill.bar:
+    release_dead_workers(queue)
+    backfill = _Backfill(queue, embedder, storage, options, report, stop)
+    backfill.bar = progress if isinstance(progress, Progress) else searchable_progress(
+        conn, show=progress is not False and queue.count_waiting() > 0)
+    try:
         backfill.run()
+    finally:
+        if not isinstance(progress, Progress):
+            backfill.bar.finish("stopped" if report.stopped else "done")
     count, until = queue.leased_elsewhere(report.worker)
     report.leased_elsewhere, report.leases_end = count, until.isoformat() if until else None
     report.seconds = round(time.perf_counter() - started, 3)
@@ -96,13 +133,22 @@ def run_embed(
     return report
 
 
+def searchable_progress(conn: psycopg.Connection, **kwargs) -> Progress:
+    """The "1,240 of 5,000 photos searchable" progress of a library, for a live embedding loop."""
+    counts = Catalogue(conn).counts()
+    return Progress("embed", "{done} of {total} photos searchable", done=counts.embedded,
+                    total=counts.images - counts.failed, unit="photos", **kwargs)
+
+
 class _Backfill:
     """The loop of one worker: lease, embed on a thread pool, write back, renew leases."""
 
     def __init__(self, queue: EmbeddingQueue, embedder: Embedder, storage: Storage,
-                 options: EmbedOptions, report: EmbedReport) -> None:
+                 options: EmbedOptions, report: EmbedReport,
+                 stop: threading.Event | None = None) -> None:
         self.queue, self.embedder, self.storage = queue, embedder, storage
         self.options, self.report = options, report
+        self.stop = stop
         self.batch_size = max(1, embedder.batch_size)
         self.pending: dict[Future, list[Claim]] = {}
         self.to_save: list[tuple[Claim, np.ndarray]] = []
@@ -112,7 +158,7 @@ class _Backfill:
         self.exhausted = False
         self.renew_every = max(0.2, options.lease_seconds / 3)
         self.renewed = time.monotonic()
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None
 
     def run(self) -> None:
         """Work until nothing is left to claim or a fatal error stops the run."""
@@ -122,6 +168,9 @@ class _Backfill:
         pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="embed")
         try:
             while True:
+                if self.stop is not None and self.stop.is_set() and not self.report.stopped:
+                    self.report.stopped = True
+                    self._cancel_waiting()
                 self._top_up(pool)
                 if not self.pending:
                     break
@@ -142,7 +191,8 @@ class _Backfill:
         Leasing in steps of `jobs` batches keeps the database calls few, and the leases
         short-lived enough that none sits long unworked.
         """
-        if self.exhausted or self.report.error or len(self.pending) > self.options.jobs:
+        if (self.exhausted or self.report.error or self.report.stopped
+                or len(self.pending) > self.options.jobs):
             return
         room = 2 * self.options.jobs - len(self.pending)
         want = room * self.batch_size
@@ -184,13 +234,18 @@ class _Backfill:
             failed = self._db(self.queue.record_failures, self.report.worker,
                               [(c.id, str(e), e.attempts) for c, e in self.to_fail])
             self.report.failed.extend({"file": name, "error": error} for name, error in failed)
-            self._advance(len(failed))
+            if self.bar is not None and self.bar.state.total:
+                self.bar.set_total(self.bar.state.total - len(failed))  # never searchable
         self.to_save, self.to_fail, self.flushed = [], [], time.monotonic()
 
     def _stop(self, why: str) -> None:
         """Claim nothing more and drop batches not yet started; running ones still finish."""
         if self.report.error is None:
             self.report.error = why
+        self._cancel_waiting()
+
+    def _cancel_waiting(self) -> None:
+        """Drop the batches not started yet (their leases are given back at the end)."""
         for future in [f for f in self.pending if f.cancel()]:
             self.pending.pop(future)
 

@@ -17,6 +17,7 @@ class LocalFile:
     path: Path
     byte_size: int
     mtime_ns: int
+    changed_ns: int = 0  # the last write, rename or touch (mtime or ctime): when it may be complete
 
 
 @dataclass
@@ -70,7 +71,8 @@ def _walk(folder: Path, prefix: str, real_root: Path, result: ScanResult) -> Non
         except OSError as exc:
             result.problems.append((key, f"cannot read file: {exc.strerror}"))
             continue
-        result.files.append(LocalFile(key, Path(entry.path), stat.st_size, stat.st_mtime_ns))
+        result.files.append(LocalFile(key, Path(entry.path), stat.st_size, stat.st_mtime_ns,
+                                      max(stat.st_mtime_ns, stat.st_ctime_ns)))
 
 
 def _links_inside(path: str, real_root: Path) -> bool:

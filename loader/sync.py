@@ -1,18 +1,24 @@
-"""`loader sync`: bring the database and storage in line with the images folder."""
+"""`loader sync`: bring the database and storage in line with the images folder.
+
+A file gone from the folder is hidden, not forgotten: its row and embedding come back when it
+reappears (an unplugged drive must not wipe a library); `prune` forgets such files for good.
+"""
 
 from __future__ import annotations
 
-import sys
+import multiprocessing
+import os
+import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from shared.imagefile import ImageProblem, Inspection, inspect_image, photo_metadata, prepare_decoders
 from shared.lifeline import exit_with_parent
 from shared.photo_metadata import PhotoMetadata
+from shared.progress import Progress
 from shared.storage import Storage, StorageError, thumbnail_key
 from shared.store import Catalogue, ImageRecord, KnownFile
 
@@ -36,6 +42,10 @@ class SyncReport:
     thumbnails: int = 0
     metadata: int = 0  # unchanged files whose date, camera and place were read (no upload)
     pruned: int = 0
+    hidden: int = 0  # rows hidden in this run because their files are gone
+    restored: int = 0  # hidden rows shown again because their files are back
+    settling: int = 0  # files left for a later pass: changed too recently to be complete
+    stopped: bool = False  # a stop was requested before every file was looked at
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     bytes_read: int = 0
@@ -45,6 +55,53 @@ class SyncReport:
     def as_dict(self) -> dict:
         """A JSON-ready copy."""
         return asdict(self)
+
+    @property
+    def changes(self) -> int:
+        """How many rows this run added, changed, dated, hid, restored or pruned."""
+        return self.new + self.changed + self.metadata + self.hidden + self.restored + self.pruned
+
+
+class KnownFailures:
+    """Files that failed, with the size and mtime they had: a live library does not read (and
+    report) a broken file again on every pass, only once it changes."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def unchanged(self, f: LocalFile) -> bool:
+        """Whether `f` failed before as it is now."""
+        return self._seen.get(f.key) == (f.byte_size, f.mtime_ns)
+
+    def update(self, files: list[LocalFile], report: SyncReport) -> None:
+        """Remember this pass's failures among `files`; forget files that are gone or fixed."""
+        by_key = {f.key: f for f in files}
+        failed = {item["file"] for item in report.failed}
+        self._seen = {key: seen for key, seen in self._seen.items()
+                      if key in by_key and (by_key[key].byte_size, by_key[key].mtime_ns) == seen}
+        self._seen.update({key: (by_key[key].byte_size, by_key[key].mtime_ns)
+                           for key in failed if key in by_key})
+
+
+def decoder_pool(jobs: int) -> ProcessPoolExecutor:
+    """The processes that decode images: a crash in a decoder costs a file, not the run.
+
+    They start from a fresh interpreter (forkserver), never as a fork of a process whose other
+    threads (a web server, a model) may hold locks, and leave stopping to their parent.
+    """
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_decoder_start,
+                               initargs=(os.getpid(),))
+
+
+def _decoder_start(parent: int) -> None:
+    """In each decoder: leave signals to the parent, and exit if the parent is gone."""
+    # Ctrl-C (and a service manager's SIGTERM) reach the whole process group: the parent
+    # decides when its decoders stop, after the files in hand are recorded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The process's parent is the fork server, which may outlive the program: watch the program.
+    exit_with_parent(program=parent)
 
 
 @dataclass(frozen=True)
@@ -67,12 +124,18 @@ def run_sync(
     max_pixels: int,
     dry_run: bool = False,
     prune: bool = False,
-    progress: bool | None = None,
+    progress: bool | Progress | None = None,
+    settle_s: float = 0.0,
+    stop: threading.Event | None = None,
+    failures: KnownFailures | None = None,
+    decoders: ProcessPoolExecutor | None = None,
 ) -> SyncReport:
     """Scan, inspect what changed on `jobs` processes, upload, then write rows.
 
-    Raises StorageError, before anything is read, when `storage` cannot keep originals of
-    `images_dir` where every app finds them.
+    A live library passes `settle_s` (files changed more recently are left for a later pass:
+    they may still be being copied), `stop` (checked between files), `failures` (broken files
+    already reported) and a long-lived `decoders` pool. Raises StorageError, before anything is
+    read, when `storage` cannot keep originals of `images_dir` where every app finds them.
     """
     problem = storage.folder_problem(images_dir)
     if problem:
@@ -83,9 +146,15 @@ def run_sync(
     report.skipped = scan.skipped
     report.failed.extend({"file": key, "error": why} for key, why in scan.problems)
     known = catalogue.known_files()
-    todo = [f for f in scan.files if _needs_look(f, known.get(f.key))]
-    report.unchanged = len(scan.files) - len(todo)
-    gone = _gone(known, scan)
+    fresh = time.time_ns() - int(settle_s * 1e9)
+    settling = {f.key for f in scan.files if settle_s and f.changed_ns > fresh}
+    present = [f for f in scan.files if f.key not in settling]
+    todo = [f for f in present if _needs_look(f, known.get(f.key))
+            and not (failures and failures.unchanged(f))]
+    report.settling = len(settling)
+    report.unchanged = len(present) - len(todo)
+    gone = _gone(known, scan)  # a file being written still exists: it is not gone
+    back = [f.key for f in present if f.key in known and known[f.key].missing]
 
     if dry_run:
         for f in todo:
@@ -94,11 +163,26 @@ def run_sync(
             setattr(report, kind, getattr(report, kind) + 1)
         report.pruned = len(gone) if prune else 0
     else:
-        _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels, progress=progress)
-        if prune and gone:
-            _prune(catalogue, storage, gone, report)
+        _process(catalogue, storage, todo, known, report, jobs=jobs, max_pixels=max_pixels,
+                 progress=progress, stop=stop, decoders=decoders)
+        if not report.stopped:
+            report.restored = catalogue.restore(back)
+            _forget_or_hide(catalogue, storage, gone, prune, report)
+    if failures is not None:
+        failures.update(present, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _forget_or_hide(catalogue: Catalogue, storage: Storage, gone: list[str], prune: bool,
+                    report: SyncReport) -> None:
+    """Files gone from the folder: deleted with their thumbnails when pruning, else hidden."""
+    if not gone:
+        return
+    if not prune:
+        report.hidden = catalogue.hide(gone)
+        return
+    _prune(catalogue, storage, gone, report)
 
 
 def _gone(known: dict[str, KnownFile], scan: ScanResult) -> list[str]:
@@ -152,7 +236,13 @@ def _wanted(f: LocalFile, row: KnownFile | None) -> Wanted:
     return f.path, f.mtime_ns, row.sha256, not _changed(f, row)
 
 
-def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progress) -> None:
+def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progress, stop,
+             decoders) -> None:
+    if not todo:
+        if isinstance(progress, Progress):
+            progress.set_total(0)
+            progress.finish("done", quiet=True)
+        return
     pending_rows: list[ImageRecord] = []
     pending_touches: list[tuple[str, int, int, PhotoMetadata]] = []
 
@@ -166,18 +256,22 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
         pending_touches.clear()
         last_flush = time.monotonic()
 
-    bar = tqdm(total=sum(f.byte_size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
-               desc="sync", disable=progress is False or not todo, file=sys.stderr, smoothing=0.1)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=exit_with_parent) as decoders, \
-            ThreadPoolExecutor(max_workers=max(4, jobs * 4)) as movers:
-        futures: list[Future[list[Outcome]]] = [
-            movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels)
-            for i in range(0, len(todo), CHUNK)
-        ]
-        done = 0
-        try:
-            for outcome in (o for future in as_completed(futures) for o in future.result()):
-                done += 1
+    bar = progress if isinstance(progress, Progress) else Progress(
+        "sync", "{done} of {total} files looked at", show=progress)
+    bar.set_total(len(todo))
+    own_decoders = decoders is None
+    decoders = decoder_pool(jobs) if own_decoders else decoders
+    movers = ThreadPoolExecutor(max_workers=max(4, jobs * 4))
+    futures: list[Future[list[Outcome]]] = [
+        movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels)
+        for i in range(0, len(todo), CHUNK)
+    ]
+    try:
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            # Chunks already started when a stop came still finish and are recorded.
+            for outcome in future.result():
                 _count(outcome, report)
                 if outcome.kind in ("touched", "metadata"):
                     pending_touches.append((outcome.file.key, outcome.file.byte_size,
@@ -185,18 +279,24 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
                 elif outcome.record is not None:
                     pending_rows.append(outcome.record)
                 report.bytes_read += outcome.file.byte_size
-                bar.update(outcome.file.byte_size)
-                bar.set_postfix_str(f"{done}/{len(todo)} files", refresh=False)
-                if (len(pending_rows) + len(pending_touches) >= FLUSH_EVERY
-                        or time.monotonic() - last_flush >= FLUSH_SECONDS):
-                    flush()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        finally:
-            bar.close()  # first: a database gone away makes the flush below raise
-            flush()  # whatever finished uploading is recorded, even when interrupted
+                bar.update(1)
+            if (len(pending_rows) + len(pending_touches) >= FLUSH_EVERY
+                    or time.monotonic() - last_flush >= FLUSH_SECONDS):
+                flush()
+            if stop is not None and stop.is_set() and not report.stopped:
+                report.stopped = True
+                for waiting in futures:
+                    waiting.cancel()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        movers.shutdown(wait=True, cancel_futures=True)
+        if own_decoders:
+            decoders.shutdown(wait=True, cancel_futures=True)
+        bar.finish("stopped" if report.stopped else "done")  # first: a database gone away
+        flush()  # makes this raise; whatever finished uploading is recorded, even when interrupted
 
 
 def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[LocalFile],

@@ -13,16 +13,30 @@ import time
 POLL_SECONDS = 0.5
 
 
-def exit_with_parent(poll_seconds: float = POLL_SECONDS) -> None:
-    """Process-pool initializer: end this process within `poll_seconds` of its parent's death."""
+def exit_with_parent(poll_seconds: float = POLL_SECONDS, program: int | None = None) -> None:
+    """Process-pool initializer: end this process within `poll_seconds` of its parent's death.
+
+    `program`: the pid to outlive instead, for workers started by a fork server (their parent
+    is the server, which may outlive the program that owns the pool).
+    """
     parent = os.getppid()  # whoever started us (the program, or a fork server it owns)
-    threading.Thread(target=_watch, args=(parent, poll_seconds), name="lifeline",
+    threading.Thread(target=_watch, args=(parent, poll_seconds, program), name="lifeline",
                      daemon=True).start()
 
 
-def _watch(parent: int, poll_seconds: float) -> None:
+def _watch(parent: int, poll_seconds: float, program: int | None) -> None:
     # Re-parenting (to init or a subreaper) is the one sign of a parent's death that needs
     # no cooperation from it and works the same on Linux and macOS.
-    while os.getppid() == parent:
+    while os.getppid() == parent and (program is None or _alive(program)):
         time.sleep(poll_seconds)
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

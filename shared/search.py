@@ -12,6 +12,7 @@ The web app adds only HTTP around this: time limits, status codes, templates.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable
@@ -48,7 +49,8 @@ class Search:
 
     `connections()` lends a database connection for the length of a `with` block (a pool's
     `connection`, or the web request's own). `embedder` makes query vectors; without one,
-    only `similar_to` and `by_vector` work, and `off_reason` says why.
+    only `similar_to` and `by_vector` work, and `off_reason` says why. A long-running app may
+    turn search on later (`turn_on`, once a model has loaded) from another thread.
     """
 
     def __init__(
@@ -75,7 +77,9 @@ class Search:
         self.max_image_pixels = max_image_pixels
         self.max_upload_pixels = max_upload_pixels
         self.no_embedder_reason = no_embedder_reason
+        self.no_embedder_summary: str | None = None  # a few words for a banner; None: the reason
         self._mismatch: str | None = None  # a width the embedder showed only when first used
+        self._lock = threading.Lock()
 
     @classmethod
     def configured(
@@ -96,22 +100,54 @@ class Search:
             no_embedder_reason=no_embedder_reason or "no embedder is configured",
         )
 
+    # --- turning search on and off while running ---------------------------------------
+
+    def turn_on(self, embedder: Embedder) -> None:
+        """Search with `embedder` from now on (it is ready: its model is loaded)."""
+        with self._lock:
+            self.embedder = embedder
+            self._mismatch = None
+
+    def set_off(self, reason: str, summary: str | None = None) -> None:
+        """Search is off for `reason` (the details); `summary` is a few words for a banner."""
+        with self._lock:
+            self.embedder = None
+            self.no_embedder_reason, self.no_embedder_summary = reason, summary
+
     @property
     def off_reason(self) -> str | None:
         """Why searching by text cannot run now, or None when it can."""
-        if self.embedder is None:
-            return self.no_embedder_reason
-        if not self.embedder.supports_texts:
-            return f"the embedder {self.embedder.model_id} cannot embed text"
-        return self.width_warning
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[Embedder | None, str | None]:
+        """The embedder and why search is off, read together (another thread may change them)."""
+        with self._lock:
+            embedder, reason, mismatch = self.embedder, self.no_embedder_reason, self._mismatch
+        if embedder is None:
+            return None, reason
+        if not embedder.supports_texts:
+            return embedder, f"the embedder {embedder.model_id} cannot embed text"
+        return embedder, mismatch or width_problem(
+            embedder, self.expected_dimensions, self.table_dimensions)
+
+    @property
+    def off_summary(self) -> str | None:
+        """A few words on why search is off, for a one-line banner; None when it is on."""
+        reason = self.off_reason
+        if reason is None:
+            return None
+        with self._lock:
+            summary = self.no_embedder_summary if self.embedder is None else None
+        return summary or reason
 
     @property
     def width_warning(self) -> str | None:
         """Why the embedder's vectors and the library's cannot be compared, or None."""
-        if self.embedder is None:
+        with self._lock:
+            embedder, mismatch = self.embedder, self._mismatch
+        if embedder is None:
             return None
-        return self._mismatch or width_problem(
-            self.embedder, self.expected_dimensions, self.table_dimensions)
+        return mismatch or width_problem(embedder, self.expected_dimensions, self.table_dimensions)
 
     # --- query vectors (slow: a model call) --------------------------------------------
 
@@ -192,16 +228,17 @@ class Search:
         return found
 
     def _ready(self) -> Embedder:
-        reason = self.off_reason
-        if reason:
-            raise SearchUnavailable(reason)
-        return self.embedder
+        embedder, reason = self._snapshot()
+        if reason or embedder is None:
+            raise SearchUnavailable(reason or "no embedder is configured")
+        return embedder
 
     def _embed(self, work: Callable[[], np.ndarray]) -> np.ndarray:
         try:
             return work()[0]
         except DimensionMismatch as exc:
-            self._mismatch = str(exc)  # search stays off until the settings agree
+            with self._lock:
+                self._mismatch = str(exc)  # search stays off until the settings agree
             raise SearchUnavailable(str(exc)) from None
 
 

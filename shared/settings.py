@@ -23,6 +23,7 @@ DEFAULT_REPLICATE_MODEL = (
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 R2_REQUIRED = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET")
 EMBEDDERS = ("auto", "replicate", "mlx", "none")
+WATCH_EVENTS = ("auto", "off")
 # pgvector's HNSW index takes vectors of at most 2,000 dimensions.
 MAX_VECTOR_DIM = 2000
 
@@ -74,6 +75,7 @@ class WebSettings:
     db_pool_size: int = 8
     db_wait_s: float = 2.0  # a page waits this long for the database, then answers 503
     summary_ttl_s: float = 10.0  # the page header's counts are reused this long
+    live_poll_s: float = 3.0  # how often an open page asks whether the library changed
     # scheme://host[:port] the JSON API's URLs start with; None: URLs relative to the server.
     public_url: str | None = None
 
@@ -96,6 +98,26 @@ _WEB_FIELDS: tuple[tuple[str, str, type, float, float], ...] = (
     ("BROWSE_DB_POOL_SIZE", "db_pool_size", int, 1, 100),
     ("BROWSE_DB_WAIT_S", "db_wait_s", float, 0.1, 60),
     ("BROWSE_SUMMARY_TTL_S", "summary_ttl_s", float, 0, 3600),
+    ("BROWSE_LIVE_POLL_S", "live_poll_s", float, 0.2, 3600),
+)
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """How `loader up` and `loader watch` follow the images folder and report (WATCH_*, PROGRESS_*)."""
+
+    debounce_s: float = 0.3  # quiet time after the last file event before a sync pass
+    settle_s: float = 1.0  # a file changed more recently than this is still being written
+    events: str = "auto"  # auto: filesystem events where the system has them; off: polling only
+    poll_s: float = 2.0  # how often the folder is rescanned when polling
+    progress_every_s: float = 10.0  # a progress line this often when output is not a terminal
+
+
+_LIVE_FIELDS: tuple[tuple[str, str, type, float, float], ...] = (
+    ("WATCH_DEBOUNCE_S", "debounce_s", float, 0, 60),
+    ("WATCH_SETTLE_S", "settle_s", float, 0, 3600),
+    ("WATCH_POLL_S", "poll_s", float, 0.1, 3600),
+    ("PROGRESS_EVERY_S", "progress_every_s", float, 0.1, 3600),
 )
 
 
@@ -121,6 +143,7 @@ class Settings:
     clip_model_path: Path | None = None
     max_image_pixels: int = 178_956_970
     web: WebSettings = WebSettings()
+    live: LiveSettings = LiveSettings()
 
     @property
     def embedded_database(self) -> bool:
@@ -165,6 +188,11 @@ class Settings:
                    for name, attr, kind, lo, hi in _WEB_FIELDS},
                 public_url=_public_url(get("BROWSE_PUBLIC_URL")),
             ),
+            live=LiveSettings(
+                events=_choice(get, "WATCH_EVENTS", WATCH_EVENTS, "auto"),
+                **{attr: _number(get, name, getattr(LiveSettings, attr), kind, lo, hi)
+                   for name, attr, kind, lo, hi in _LIVE_FIELDS},
+            ),
         )._checked()
 
     def _checked(self) -> "Settings":
@@ -184,9 +212,12 @@ class Settings:
         return self
 
 
-def load_settings(app_dir: Path, database_setting: str = "SUPABASE_DB_URL") -> Settings:
-    """Load `app_dir/.env` (the environment wins) and build the settings."""
-    load_dotenv(app_dir / ".env", override=False)
+def load_settings(app_dir: Path, database_setting: str = "SUPABASE_DB_URL",
+                  also: tuple[Path, ...] = ()) -> Settings:
+    """Load `app_dir/.env`, then each of `also`'s .env (the environment wins, then the first
+    file that sets a variable) and build the settings."""
+    for folder in (app_dir, *also):
+        load_dotenv(folder / ".env", override=False)
     return Settings.from_env(os.environ, database_setting=database_setting)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
+import shutil
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -342,6 +343,111 @@ def test_folders_are_albums_and_the_image_page_says_when_where_and_with_what(ser
     page.wait_for_url(re.compile(r"/\?folder=Italy(/|%2F)Rome$"))
     page.click("#crumbs a:has(bdi:text-is('Italy'))")
     page.wait_for_url(re.compile(r"/\?folder=Italy$"))
+
+
+# --- accessibility: axe-core in the same Chromium ------------------------------------------
+
+SERIOUS = {"moderate", "serious", "critical"}
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core's violations of moderate impact or worse, one line each."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+            for v in results.response["violations"] if v["impact"] in SERIOUS]
+
+
+@pytest.mark.parametrize("path", ["/", "/?q=red+bicycle", "/image/FIRST", "/search/image",
+                                  "/status", "/image/999999"])
+def test_pages_pass_axe_core(server, watched, path):
+    page = watched.page
+    if "FIRST" in path:
+        page.goto(server + "/")
+        path = page.get_attribute("#grid > .box >> nth=0", "href")
+    page.goto(server + path)
+    page.wait_for_load_state("networkidle")
+    assert axe_violations(page) == []
+    if path == "/image/999999":  # the 404 itself is logged by the browser, as it should be
+        watched.console_errors[:] = [e for e in watched.console_errors if "404" not in e]
+
+
+# --- the live page: photos copied into the folder appear, search turns on by itself ----------
+
+
+@pytest.fixture
+def live_site(pg_url, tmp_path):
+    """The app with search off and a live library (sync and watch only) on its own database."""
+    from loader.live import LiveLibrary
+    from shared.progress import Board
+    from shared.settings import LiveSettings, Settings
+    from shared.store import Schema, connect
+    from werkzeug.serving import make_server
+
+    with connect(pg_url) as admin:
+        admin.execute("DROP DATABASE IF EXISTS live_pages WITH (FORCE)")
+        admin.execute("CREATE DATABASE live_pages")
+    url = pg_url.replace("/postgres?", "/live_pages?")
+    with connect(url) as conn:
+        Schema(conn).ensure(768)
+    (tmp_path / "images").mkdir()
+    settings = Settings(images_dir=tmp_path / "images", data_dir=tmp_path / "data",
+                        database_url=url, embedder="none",
+                        live=LiveSettings(debounce_s=0.1, settle_s=0.2, progress_every_s=60))
+    settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, live_poll_s=0.3))
+    board, stop = Board(), threading.Event()
+    app = create_app(settings, embedder=None, board=board)
+    app.extensions["image_browser"].search.set_off("the search model is downloading (3%)",
+                                                   "the search model is downloading (3%)")
+    live = LiveLibrary(settings, url, stop, board, table_dimensions=768, jobs=1)
+    live.start()
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", settings.images_dir, app
+    httpd.shutdown()
+    thread.join(timeout=5)
+    live.join(timeout=30)
+    app.extensions["image_browser"].close()
+
+
+def test_photos_copied_into_the_folder_appear_on_the_open_page(live_site, watched, tmp_path):
+    url, images, _app = live_site
+    page = watched.page
+    page.goto(url + "/")
+    page.wait_for_selector("#empty")
+    (tmp_path / "first.png").write_bytes(png_bytes((200, 30, 30), (300, 200)))
+    shutil.copy(tmp_path / "first.png", images / "first.png")
+    page.wait_for_selector("#grid > .box .caption:has-text('first.png')", timeout=15000)
+    assert page.is_hidden("#empty")
+    shutil.copy(tmp_path / "first.png", images / "second.png")
+    page.wait_for_function(
+        "() => document.querySelector('#grid > .box .caption')?.textContent === 'second.png'",
+        timeout=15000)  # newest first
+    page.wait_for_selector("#grid.justified")
+    shot(watched, "live")
+    (images / "first.png").unlink()
+    page.wait_for_selector("#grid > .box .caption:has-text('first.png')", state="detached",
+                           timeout=15000)
+    assert page.eval_on_selector_all("#grid > .box", "b => b.length") == 1
+
+
+def test_the_search_box_turns_on_without_a_reload(live_site, watched):
+    url, _images, app = live_site
+    page = watched.page
+    page.goto(url + "/")
+    assert page.is_disabled(".search input") and page.is_disabled(".search button")
+    assert page.text_content("#search-off") == (
+        "Search is off: the search model is downloading (3%). Details")
+    assert axe_violations(page) == []  # the banner sits in a landmark, too
+    app.extensions["image_browser"].search.turn_on(WordEmbedder())
+    page.wait_for_function("() => !document.querySelector('.search input').disabled",
+                           timeout=15000)
+    assert page.is_hidden("#search-off") and page.is_enabled(".search button")
+    page.fill(".search input", "red")
+    page.press(".search input", "Enter")
+    page.wait_for_url("**/?q=red")
 
 
 # --- legal but odd file names ------------------------------------------------------------

@@ -196,7 +196,7 @@ def loader_env(settings, server: FakeReplicate) -> dict[str, str]:
     }
 
 
-def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(conn, settings, server):
+def test_a_killed_workers_rows_are_finished_by_the_next_run_at_once(conn, settings, server):
     seed(conn, settings.images_dir, many(12))
     server.latency = 0.4
     process = subprocess.Popen(
@@ -221,12 +221,11 @@ def test_a_killed_workers_rows_are_finished_by_another_after_its_lease(conn, set
     held = {name for name, r in before.items() if r["claimed_by"] is not None}
     assert len(done_before) >= 3 and held, "the worker should die holding claims"
 
+    # The dead worker ran on this machine: its process is gone, so its leases are given back
+    # at once instead of holding those images until they expire.
     at_once = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
-    assert at_once.embedded == 12 - len(done_before) - len(held)  # the dead worker's leases still hold
-    assert at_once.leased_elsewhere == len(held) and at_once.leases_end  # and the run says so
-    time.sleep(2.1)
-    later = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
-    assert later.embedded == len(held) and later.failed == []
+    assert at_once.embedded == 12 - len(done_before) and at_once.failed == []
+    assert at_once.leased_elsewhere == 0
 
     after = rows(conn)
     assert all(r["embedding"] is not None and r["claimed_by"] is None for r in after.values())
@@ -248,6 +247,22 @@ def test_cli_json_summary_and_exit_codes(settings, server, conn):
     assert result.exit_code == 1 and "REPLICATE_API_TOKEN is not set" in result.output
 
 
+def test_another_machines_leases_hold_until_they_expire(conn, settings, server):
+    seed(conn, settings.images_dir, many(4))
+    queue = EmbeddingQueue(conn, make_embedder(server).model_id)
+    held = queue.claim(f"elsewhere:{os.getpid()}:abc", 2, lease_seconds=1.5)  # a live pid, too
+    first = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
+    assert first.embedded == 2 and first.leased_elsewhere == 2 and first.leases_end
+    time.sleep(1.6)
+    later = run_embed(conn, make_embedder(server), storage_for(settings), progress=False)
+    assert later.embedded == 2 and sorted(later_names(conn)) == sorted(c.filename for c in held)
+
+
+def later_names(conn) -> list[str]:
+    return [name for (name,) in conn.execute(
+        "SELECT filename FROM image_embeddings ORDER BY embedded_at DESC LIMIT 2").fetchall()]
+
+
 def test_cli_says_which_images_wait_for_another_workers_leases(settings, server, conn):
     seed(conn, settings.images_dir, many(4))
     EmbeddingQueue(conn, make_embedder(server).model_id).claim("someone-else", 2, lease_seconds=600)
@@ -257,6 +272,101 @@ def test_cli_says_which_images_wait_for_another_workers_leases(settings, server,
     assert "embedded 2 with" in result.output
     assert "2 images are leased by another worker (or one that was stopped)" in result.output
     assert "run embed again after " in result.output
+
+
+def test_leases_of_dead_workers_on_this_machine_are_given_back(conn):
+    import socket
+
+    from loader.embed import release_dead_workers
+
+    Catalogue(conn).upsert_images([ImageRecord(f"{n}.png", 1, 1, 1, n * 64, "PNG", 0, None)
+                                   for n in "abc"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    queue = EmbeddingQueue(conn, "m")
+    queue.claim(f"{host}:{gone}:dead01", 1, lease_seconds=600)  # a process that has exited
+    queue.claim(f"{host}:{os.getpid()}:alive1", 1, lease_seconds=600)  # this one, alive
+    queue.claim(f"elsewhere:{gone}:remote", 1, lease_seconds=600)  # another machine's
+    assert release_dead_workers(queue) == 1
+    assert sorted(queue.holders()) == sorted([f"{host}:{os.getpid()}:alive1", f"elsewhere:{gone}:remote"])
+
+
+def test_a_stop_finishes_the_images_in_hand_and_gives_the_rest_back(conn, settings, server):
+    seed(conn, settings.images_dir, many(30))
+    server.latency = 0.3
+    stop = threading.Event()
+    done: dict = {}
+
+    def work() -> None:
+        done["report"] = run_embed(conn, make_embedder(server), storage_for(settings),
+                                   EmbedOptions(jobs=4), progress=False, stop=stop)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while server.stats["creates"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=30)
+    report = done["report"]
+    assert report.stopped and 0 < report.embedded < 30
+    found = rows(conn)
+    assert all(row["claimed_by"] is None for row in found.values())  # leases given back
+    assert sum(row["embedding"] is not None for row in found.values()) == report.embedded
+    # Every prediction that was paid for was saved: none will be made again.
+    assert len(server.predicted) == report.embedded and set(server.predicted.values()) == {1}
+
+
+def test_auto_backend_fetches_the_model_once_saying_its_size_first(db_url, tmp_path, fake_hub):
+    from fake_hub import client_env
+    from PIL import Image
+
+    from shared.store import Schema
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (80 * i, 40, 40)).save(images / f"p{i}.jpg")
+    with connect(db_url) as own:
+        Schema(own).ensure(24)
+    env = client_env(fake_hub.url, tmp_path / "hf", SUPABASE_DB_URL=db_url, IMAGES_DIR=str(images),
+                     DATA_DIR=str(tmp_path / "data"), EXPECTED_VECTOR_DIM="24",
+                     PROGRESS_EVERY_S="0.1", REPLICATE_API_TOKEN="", EMBEDDER="auto")
+    subprocess.run([sys.executable, "-m", "loader", "sync", "--json"], env=env, cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    fetched = subprocess.run([sys.executable, "-m", "loader", "embed", "--backend", "auto"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert fetched.returncode == 0, fetched.stderr
+    said = fetched.stderr.splitlines()
+    assert said[0].startswith("fetching openai/clip-vit-large-patch14 (") and "MB)" in said[0]
+    assert any(line.startswith("model: ") and "downloaded" in line for line in said)
+    assert "\r" not in fetched.stderr  # plain lines, not a bar, when the output is a pipe
+    assert "embedded 3 with mlx:openai/clip-vit-large-patch14" in fetched.stdout
+    fake_hub.reset_counters()
+    again = subprocess.run([sys.executable, "-m", "loader", "embed"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and "fetching" not in again.stderr
+    assert not [key for key in fake_hub.requests if "/resolve/" in key]
+
+
+def test_sigterm_stops_loader_embed_with_what_is_in_hand_saved(conn, settings, server):
+    seed(conn, settings.images_dir, many(40))
+    server.latency = 0.3
+    process = subprocess.Popen([sys.executable, "-m", "loader", "embed", "--jobs", "2"],
+                               env=loader_env(settings, server), cwd=settings.data_dir.parent,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while counts(conn)["embedded"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped before the end" in err and "Traceback" not in err and "\r" not in err
+    found = rows(conn)
+    done = sum(row["embedding"] is not None for row in found.values())
+    assert 2 <= done < 40 and all(row["claimed_by"] is None for row in found.values())
+    assert f"embedded {done} with" in out
 
 
 def test_a_prediction_slower_than_the_lease_is_paid_for_once(db_url, conn, settings, server):

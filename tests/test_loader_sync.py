@@ -453,6 +453,90 @@ def test_changed_file_gets_the_new_files_metadata(catalogue, tmp_path, utc):
     assert metadata(catalogue)["p.png"][:3] == (datetime(2002, 2, 2, 2, 2, 2), False, "Canon EOS 5D")
 
 
+def test_gone_files_are_hidden_then_restored_or_pruned(catalogue, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "a.jpg", color=(1, 2, 3))
+    save_jpeg(images / "b.jpg", color=(200, 200, 0))
+    sync(catalogue, images)
+    (images / "b.jpg").rename(tmp_path / "b.jpg")
+    report = sync(catalogue, images)
+    assert (report.hidden, report.pruned) == (1, 0)
+    assert [r.filename for r in catalogue.list_images(10)] == ["a.jpg"]
+    assert sync(catalogue, images).hidden == 0  # hidden once
+    (tmp_path / "b.jpg").rename(images / "b.jpg")
+    report = sync(catalogue, images)
+    assert report.restored == 1 and report.new == 0 and report.unchanged == 2
+    assert len(catalogue.list_images(10)) == 2
+    (images / "b.jpg").unlink()
+    sync(catalogue, images)
+    assert sync(catalogue, images, prune=True).pruned == 1  # a hidden row is forgotten too
+    assert set(rows(catalogue)) == {"a.jpg"}
+
+
+def test_files_changed_just_now_wait_for_a_later_pass(catalogue, tmp_path):
+    images = tmp_path / "imgs"
+    save_jpeg(images / "fresh.jpg")
+    report = sync(catalogue, images, settle_s=3600)
+    assert report.settling == 1 and report.new == 0 and report.failed == []
+    assert rows(catalogue) == {}
+    assert sync(catalogue, images, settle_s=0.0).new == 1
+
+
+def test_a_stop_request_ends_the_sync_with_what_is_done_recorded(catalogue, tmp_path):
+    import threading
+
+    images = tmp_path / "imgs"
+    for i in range(40):
+        save_jpeg(images / f"p{i:02d}.jpg", color=(i, 2 * i, 3))
+    from shared.progress import Progress
+
+    stop = threading.Event()
+
+    class StopAtFirstFile(Progress):
+        def update(self, count: float = 1) -> None:
+            super().update(count)
+            stop.set()  # asked as the first file is done: the files in hand still land
+
+    report = sync(catalogue, images, stop=stop)  # not asked: all
+    assert report.new == 40 and not report.stopped
+    conn = catalogue.conn
+    conn.execute("DELETE FROM image_embeddings")
+    report = run_sync(catalogue, LocalStorage(images, tmp_path / "thumbs"), images, jobs=1,
+                      max_pixels=50_000_000, stop=stop,
+                      progress=StopAtFirstFile("sync", "{done} of {total}", show=False))
+    assert report.stopped and 0 < report.new < 40
+    assert len(rows(catalogue)) == report.new
+    assert sync(catalogue, images).new == 40 - report.new
+
+
+def test_sigterm_stops_loader_sync_cleanly_and_the_next_run_finishes(db_url, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    pixels = np.random.default_rng(3).integers(0, 255, (768, 1024, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "n000.jpg", quality=90)
+    data = (images / "n000.jpg").read_bytes()
+    for i in range(1, 150):
+        (images / f"n{i:03d}.jpg").write_bytes(data + f"copy {i}".encode())
+    env = cli_env(db_url, images, tmp_path / "data")
+    command = [sys.executable, "-m", "loader", "sync", "--jobs", "1"]
+    conn = connect(db_url)
+    Schema(conn).ensure(768)
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and Catalogue(conn).counts().images == 0:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert "stopped before the end" in err and "Traceback" not in err
+    assert "\r" not in err  # a log gets plain progress lines, not a bar (issue 13, item 15)
+    landed = Catalogue(conn).counts().images
+    assert 0 < landed < 150 and f"added {landed}," in out
+    rerun = subprocess.run(command + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert json.loads(rerun.stdout)["new"] == 150 - landed
+
+
 # --- storage that cannot be written: one line before work, or per-file failures -------------
 
 

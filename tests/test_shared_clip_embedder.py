@@ -132,3 +132,42 @@ def test_concurrent_first_use_loads_once(tiny_clip):
 def test_missing_weights_surface_as_embedding_error(tmp_path):
     with pytest.raises(ModelNotAvailable, match="CLIP_MODEL_PATH"):
         MlxClipEmbedder(model_path=tmp_path).embed_texts(["x"])
+
+
+def test_a_waiting_text_query_goes_before_the_next_image_batch():
+    from shared.clip.embedder import Turns
+
+    turns = Turns()
+    assert turns.may_start(text=False) and turns.may_start(text=True)
+    turns.texts_waiting = 1  # a search is waiting for the model
+    assert not turns.may_start(text=False) and turns.may_start(text=True)
+    turns.busy = True  # and nothing starts while a pass runs
+    assert not turns.may_start(text=True) and not turns.may_start(text=False)
+
+
+def test_texts_and_images_share_one_model_from_many_threads(tiny_clip):
+    folder, _ = tiny_clip
+    embedder = MlxClipEmbedder(model_path=folder, batch_size=4)
+    data = jpeg(11)
+    sources = [source(f"i{i}", data) for i in range(6)]
+    alone_text = embedder.embed_texts(["a cat"])[0]
+    alone_image = embedder.embed_images(sources[:1])[0]
+    results: list = []
+
+    def images() -> None:
+        for _ in range(3):
+            results.append(("images", embedder.embed_images(sources)))
+
+    def texts() -> None:
+        for _ in range(5):
+            results.append(("texts", embedder.embed_texts(["a cat"])))
+
+    threads = [threading.Thread(target=work) for work in (images, images, texts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 11
+    for kind, vectors in results:
+        expected = alone_text if kind == "texts" else alone_image
+        np.testing.assert_allclose(vectors, np.broadcast_to(expected, vectors.shape), atol=1e-5)

@@ -66,11 +66,24 @@ def test_auto_falls_back_to_local_mlx_weights(base, tiny_clip):
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-5  # unit length from the backend itself
 
 
-def test_auto_never_downloads_weights(base, monkeypatch, tmp_path):
+def test_a_server_never_waits_for_a_download(base, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    text = reason(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"))
-    assert "not downloaded automatically" in text and "CLIP_MODEL_PATH" in text
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # no hub
+    text = reason(dataclasses.replace(base, clip_model="openai/clip-vit-large-patch14"),
+                  waiting=False)
+    assert "not on this machine yet" in text and "mise run up" in text
+    assert "CLIP_MODEL_PATH" in text and "could not list" not in text  # the hub was not asked
+
+
+@pytest.mark.parametrize("backend, waiting, allowed", [
+    ("auto", True, True), ("mlx", True, True), ("replicate", True, False), ("none", True, False),
+    ("auto", False, False), ("mlx", False, False),
+])
+def test_may_download_is_the_one_decision(backend, waiting, allowed):
+    from shared.embedders.factory import may_download
+
+    assert may_download(backend, waiting) is allowed
 
 
 def test_mlx_without_weights_gives_the_backends_reason(base, tmp_path):

@@ -238,3 +238,30 @@ def test_search_takes_its_filtered_search_limits_from_the_settings(big):
         assert search.method(Filters(camera="Any")) == "exact"  # 2,000 rows match
     finally:
         pool.close()
+
+
+def test_search_turns_on_at_runtime_from_another_thread(pg_url, tmp_path):
+    import threading
+
+    library = build_library(pg_url, tmp_path, n_fillers=0)
+    search = open_search(dataclasses.replace(library, embedder="none"))
+    search.set_off("the search model is downloading (40%)", "downloading (40%)")
+    assert search.off_summary == "downloading (40%)" and "40%" in search.off_reason
+    with pytest.raises(SearchUnavailable, match="downloading"):
+        search.by_text("cat")
+    answers: list[str] = []
+
+    def ask_while_it_turns_on() -> None:
+        for _ in range(200):
+            try:
+                answers.append(filenames(search.by_text("red bicycle", k=1))[0])
+            except SearchUnavailable:
+                answers.append("off")
+
+    asking = threading.Thread(target=ask_while_it_turns_on)
+    asking.start()
+    search.turn_on(WordEmbedder())
+    asking.join(timeout=60)
+    assert set(answers) <= {"off", "red-bicycle-snow.jpg"}  # never a half-turned state
+    assert search.off_reason is None and search.off_summary is None
+    assert filenames(search.by_text("red bicycle snow", k=1)) == ["red-bicycle-snow.jpg"]

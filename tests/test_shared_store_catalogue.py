@@ -217,6 +217,36 @@ def test_filtered_reads_are_never_prepared(catalogue, conn):
     assert [s for s in reads if "image_embeddings" in s] == []
 
 
+def test_hidden_rows_are_skipped_by_every_read_and_come_back_whole(catalogue, conn):
+    catalogue.upsert_images([record(f"{i}.png", sha=str(i) * 64) for i in range(3)])
+    axes = np.eye(768, dtype=np.float32)
+    for i in range(3):
+        conn.execute("UPDATE image_embeddings SET embedding = %s WHERE filename = %s",
+                     (axes[0] + axes[1] * i * 0.1, f"{i}.png"))
+    ids = {row.filename: row.id for row in catalogue.list_images(10)}
+    version = catalogue.version()
+    assert catalogue.hide(["1.png"]) == 1 and catalogue.hide(["1.png"]) == 0  # once
+    assert catalogue.version() != version  # the open pages notice
+    assert [r.filename for r in catalogue.list_images(10)] == ["2.png", "0.png"]
+    assert catalogue.get_image(ids["1.png"]) is None
+    assert catalogue.get_image_by_filename("1.png") is None
+    assert catalogue.counts().images == 2 and catalogue.hidden_count() == 1
+    assert catalogue.neighbours_in_order(ids["2.png"]) == (None, ids["0.png"])
+    assert [r.filename for r, _ in catalogue.nearest(axes[0], 3, ef_search=40)] == ["0.png", "2.png"]
+    assert catalogue.known_files()["1.png"].missing  # sync still knows it
+
+    assert catalogue.restore(["1.png", "0.png"]) == 1
+    assert len(catalogue.list_images(10)) == 3 and catalogue.hidden_count() == 0
+    assert catalogue.get_image(ids["1.png"]).embedded  # with its embedding
+
+
+def test_a_file_written_again_is_shown_again(catalogue):
+    catalogue.upsert_images([record("a.png")])
+    catalogue.hide(["a.png"])
+    catalogue.upsert_images([record("a.png", sha="b" * 64)])  # back, with new content
+    assert [r.filename for r in catalogue.list_images(5)] == ["a.png"]
+
+
 def library_of_random_vectors(conn, count: int, seed: int = 11) -> np.ndarray:
     """`count` embedded rows of random unit vectors, loaded and indexed the way a large library is."""
     from datetime import datetime, timezone

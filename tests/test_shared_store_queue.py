@@ -37,6 +37,28 @@ def test_the_queue_holds_its_model_and_choices(conn):
     assert set(models.values()) == {"new"}
 
 
+def test_hidden_rows_wait_and_the_newest_come_first(conn):
+    seed(conn, {"old.png": "1", "gone.png": "2", "new.png": "3"})
+    conn.execute("UPDATE image_embeddings SET created_at = now() - interval '1 day' "
+                 "WHERE filename = 'old.png'")
+    Catalogue(conn).hide(["gone.png"])
+    queue = EmbeddingQueue(conn, "m")
+    assert queue.count_waiting() == 2
+    assert [c.filename for c in queue.claim("w", 1, lease_seconds=60)] == ["new.png"]
+    assert [c.filename for c in queue.claim("w", 5, lease_seconds=60)] == ["old.png"]
+
+
+def test_a_moved_file_takes_the_vector_of_its_hidden_twin(conn):
+    seed(conn, {"before.png": "1"})
+    queue = EmbeddingQueue(conn, "m")
+    [claim] = queue.claim("w", 1, lease_seconds=60)
+    queue.save("w", [(claim.id, np.eye(768, dtype=np.float32)[3])])
+    Catalogue(conn).hide(["before.png"])
+    seed(conn, {"after.png": "1"})  # the same content under its new name
+    assert queue.fill_shared() == ["after.png"]
+    assert queue.claim("w", 5, lease_seconds=60) == []
+
+
 def test_a_claim_takes_the_free_rows_around_one_another_transaction_has_locked(conn, db_url):
     """FOR UPDATE SKIP LOCKED: a worker never waits on rows another one is busy claiming."""
     from shared.store import connect

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,40 @@ class ImageDecodeError(EmbeddingError):
         self.key = key
 
 
+class Turns:
+    """One forward pass at a time, and a waiting text query goes before the next image batch.
+
+    A web server and a backfill share one model (`loader up`): a search should wait for the
+    images being embedded now, not for the whole queue behind them.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.busy = False
+        self.texts_waiting = 0
+
+    def may_start(self, text: bool) -> bool:
+        """Whether a pass of this kind may start now."""
+        return not self.busy and (text or not self.texts_waiting)
+
+    @contextmanager
+    def turn(self, text: bool) -> Iterator[None]:
+        """Hold the model for one pass."""
+        with self._cond:
+            self.texts_waiting += text
+            try:
+                self._cond.wait_for(lambda: self.may_start(text))
+            finally:
+                self.texts_waiting -= text
+            self.busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.busy = False
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class _Loaded:
     model: ClipModel
@@ -64,6 +99,7 @@ class MlxClipEmbedder(Embedder):
         batch_size: int = 8,
         decode_workers: int | None = None,
         download: bool = True,
+        on_progress=None,
     ) -> None:
         self.model_name = model
         self.model_path = model_path
@@ -72,14 +108,15 @@ class MlxClipEmbedder(Embedder):
         self.expected_dim = expected_dim
         self.batch_size = batch_size
         self.download = download
+        self.on_progress = on_progress  # told of a download's progress (DownloadProgress)
         # The model names the vectors; a local path is only where that model's files live.
         self.model_id = f"mlx:{model}"
         self.supports_images = not text_only
         self._decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self._lock = threading.Lock()
         # One forward pass at a time: a web server's threads share one model, and on a CPU
-        # parallel passes only fight over the same cores.
-        self._run_lock = threading.Lock()
+        # parallel passes only fight over the same cores. Text queries go first.
+        self._turns = Turns()
         self._loaded: _Loaded | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -97,7 +134,8 @@ class MlxClipEmbedder(Embedder):
         return self._loaded
 
     def _load(self) -> _Loaded:
-        folder = resolve_checkpoint(self.model_name, self.model_path, download=self.download)
+        folder = resolve_checkpoint(self.model_name, self.model_path, download=self.download,
+                                    on_progress=self.on_progress)
         model = load_model(folder, dtype=self.dtype or default_dtype(), text_only=self.text_only)
         config = model.config
         if self.expected_dim is not None and config.projection_dim != self.expected_dim:
@@ -117,7 +155,7 @@ class MlxClipEmbedder(Embedder):
         chunks = []
         for start in range(0, len(texts), 64):
             token_ids = loaded.tokenizer.encode(texts[start : start + 64])
-            with self._run_lock:
+            with self._turns.turn(text=True):
                 chunks.append(loaded.model.encode_text(token_ids))
         return np.concatenate(chunks)
 
@@ -180,6 +218,12 @@ class MlxClipEmbedder(Embedder):
         if not good:
             return {}, errors, len(futures)
         positions = sorted(good)
-        with self._run_lock:
-            vectors = loaded.model.encode_images(np.stack([good[i] for i in positions]))
-        return dict(zip(positions, vectors)), errors, len(futures)
+        pixels = np.stack([good[i] for i in positions])
+        # On a CPU each core takes one image: holding the model for a core's worth at a time
+        # keeps every core busy and lets a search in after at most one image's time.
+        step = (os.cpu_count() or 1) if loaded.model.cpu_path else len(pixels)
+        vectors = []
+        for start in range(0, len(pixels), step):
+            with self._turns.turn(text=False):
+                vectors.append(loaded.model.encode_images(pixels[start : start + step]))
+        return dict(zip(positions, np.concatenate(vectors))), errors, len(futures)

@@ -31,45 +31,40 @@ class ModelNotAvailable(EmbeddingError):
     """The CLIP weights could be neither found locally nor downloaded."""
 
 
-def resolve_checkpoint(model: str, model_path: Path | None = None, download: bool = True) -> Path:
-    """Return a folder holding config.json and model.safetensors, downloading if allowed."""
+def resolve_checkpoint(
+    model: str, model_path: Path | None = None, download: bool = True, on_progress=None
+) -> Path:
+    """Return a folder holding config.json and model.safetensors, downloading if allowed.
+
+    A download resumes where an earlier one stopped, and reports to `on_progress` (a
+    `shared.clip.download.DownloadProgress` per MiB); an exception raised there stops it.
+    """
     if model_path is not None:
         return _check_folder(Path(model_path).expanduser(), f"CLIP_MODEL_PATH={model_path}")
     if Path(model).expanduser().is_dir():  # a folder given as the model name works too
         return _check_folder(Path(model).expanduser(), f"CLIP_MODEL={model}")
-    return _check_folder(_download(model, download), f"the Hugging Face repo {model}")
+    return _check_folder(_from_hub(model, download, on_progress), f"the Hugging Face repo {model}")
 
 
-def _download(repo_id: str, download: bool = True) -> Path:
-    """Fetch the needed files into the standard Hugging Face cache (with its progress bars)."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError
+def _from_hub(repo_id: str, download: bool, on_progress) -> Path:
+    """The cached snapshot of `repo_id`, fetched first when allowed and missing."""
+    from shared.clip.download import cached_checkpoint, download_checkpoint
 
-    if download:
-        log.info(
-            "fetching CLIP weights %s from the Hugging Face hub (cached after the first time)", repo_id
-        )
-    try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=NEEDED_FILES, local_files_only=not download)
-        )
-    except (OSError, EntryNotFoundError, ValueError) as exc:  # offline, 404, gated, bad id
-        if not download:
-            raise ModelNotAvailable(
-                f"the CLIP weights {repo_id!r} are not on this machine (only the Hugging Face "
-                "cache was searched: they are not downloaded automatically). Set CLIP_MODEL_PATH "
-                "to a local copy, or use EMBEDDER=mlx (loader: --backend mlx) to download them"
-            ) from exc
-        tried = (
-            "the Hugging Face cache (downloads are off: HF_HUB_OFFLINE is set)"
-            if constants.HF_HUB_OFFLINE
-            else f"the Hugging Face cache and a download from {constants.ENDPOINT}"
-        )
+    folder = cached_checkpoint(repo_id)
+    if folder is not None:
+        return folder
+    if not download:
         raise ModelNotAvailable(
-            f"could not get the CLIP weights {repo_id!r}: tried {tried}, which failed "
-            f"({type(exc).__name__}: {_first_line(exc)}). "
-            "Download the model's folder (config.json, model.safetensors, tokenizer files) "
-            "elsewhere and set CLIP_MODEL_PATH to that local folder."
+            f"the CLIP weights {repo_id!r} are not on this machine yet: `mise run up` (or "
+            "`loader embed`) downloads them once, or set CLIP_MODEL_PATH to a local copy"
+        )
+    log.info("fetching CLIP weights %s from the Hugging Face hub (once; cached)", repo_id)
+    try:
+        return download_checkpoint(repo_id, on_progress=on_progress)
+    except ModelNotAvailable as exc:
+        raise ModelNotAvailable(
+            f"{exc}. Run again to resume, or download the model's folder (config.json, "
+            "model.safetensors, tokenizer files) elsewhere and set CLIP_MODEL_PATH to it"
         ) from exc
 
 
@@ -81,11 +76,6 @@ def _check_folder(folder: Path, origin: str) -> Path:
             "a Hugging Face CLIPModel checkpoint in safetensors format"
         )
     return folder
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 def read_tensors(folder: Path, text_only: bool = False) -> dict[str, np.ndarray]:

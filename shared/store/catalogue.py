@@ -53,7 +53,8 @@ class Catalogue:
             cur.execute(
                 """SELECT filename, byte_size, mtime_ns, sha256,
                           thumbnail_key IS NOT NULL AS has_thumbnail,
-                          metadata_version >= %s AS has_metadata
+                          metadata_version >= %s AS has_metadata,
+                          missing_since IS NOT NULL AS missing
                    FROM image_embeddings""",
                 (METADATA_VERSION,),
             )
@@ -87,7 +88,7 @@ class Catalogue:
                        width = EXCLUDED.width, height = EXCLUDED.height,
                        byte_size = EXCLUDED.byte_size, format = EXCLUDED.format,
                        mtime_ns = EXCLUDED.mtime_ns, thumbnail_key = EXCLUDED.thumbnail_key,
-                       sha256 = EXCLUDED.sha256, {keep_or_take},
+                       sha256 = EXCLUDED.sha256, missing_since = NULL, {keep_or_take},
                        embedding = CASE WHEN {changed} THEN NULL
                                         ELSE image_embeddings.embedding END,
                        embedding_model = CASE WHEN {changed} THEN NULL
@@ -104,7 +105,8 @@ class Catalogue:
     def touch_files(self, changes: Iterable[tuple[str, int, int, PhotoMetadata]]) -> None:
         """Record a new (size, mtime) and the metadata just read of files whose hash held.
 
-        Nothing else changes: not the thumbnail, not the embedding.
+        Nothing else changes: not the thumbnail, not the embedding. updated_at moves, so that
+        live pages show a date just read.
         """
         params = [(mtime, size, *_metadata_values(meta), name)
                   for name, size, mtime, meta in changes]
@@ -112,10 +114,31 @@ class Catalogue:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 cur.executemany(
                     f"""UPDATE image_embeddings SET mtime_ns = %s, byte_size = %s,
-                            {", ".join(f"{c} = %s" for c in METADATA_COLUMNS)}
+                            updated_at = now(), {", ".join(f"{c} = %s" for c in METADATA_COLUMNS)}
                         WHERE filename = %s""",
                     params,
                 )
+
+    def hide(self, filenames: list[str]) -> int:
+        """Hide the rows of files gone from the folder, keeping them (and their embeddings) for
+        when the files come back; return how many were newly hidden."""
+        if not filenames:
+            return 0
+        return self.conn.execute(
+            """UPDATE image_embeddings SET missing_since = now(), updated_at = now()
+               WHERE filename = ANY(%s) AND missing_since IS NULL""",
+            (filenames,),
+        ).rowcount
+
+    def restore(self, filenames: list[str]) -> int:
+        """Show again the hidden rows of files that are back; return how many were hidden."""
+        if not filenames:
+            return 0
+        return self.conn.execute(
+            """UPDATE image_embeddings SET missing_since = NULL, updated_at = now()
+               WHERE filename = ANY(%s) AND missing_since IS NOT NULL""",
+            (filenames,),
+        ).rowcount
 
     def delete_images(self, filenames: list[str]) -> list[str]:
         """Delete rows; return the thumbnail keys no remaining row refers to."""
@@ -147,8 +170,22 @@ class Catalogue:
                           count(*) FILTER (WHERE embedding IS NULL AND last_error IS NULL) AS waiting,
                           count(*) FILTER (WHERE embedding IS NULL AND last_error IS NOT NULL)
                               AS failed
-                   FROM image_embeddings"""
+                   FROM image_embeddings WHERE missing_since IS NULL"""
             ).fetchone()
+
+    def hidden_count(self) -> int:
+        """How many rows are hidden because their files are gone from the folder."""
+        return self.conn.execute(
+            "SELECT count(*) FROM image_embeddings WHERE missing_since IS NOT NULL"
+        ).fetchone()[0]
+
+    def version(self) -> str:
+        """A marker that changes whenever the visible library changes (rows added, changed,
+        embedded, hidden, restored or deleted): the pages compare it to update themselves."""
+        count, changed = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE missing_since IS NULL), max(updated_at) FROM image_embeddings"
+        ).fetchone()
+        return f"{count}:{changed.timestamp() if changed else 0:.6f}"
 
     def list_images(
         self, limit: int, before: TimelineKey | None = None, filters: Filters | None = None
@@ -181,14 +218,17 @@ class Catalogue:
         """One row by id, or None."""
         with self._rows() as cur:
             return cur.execute(
-                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = %s", (image_id,)
+                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = %s AND missing_since IS NULL",
+                (image_id,),
             ).fetchone()
 
     def get_image_by_filename(self, filename: str) -> ImageRow | None:
         """One row by its file name (the storage key), or None."""
         with self._rows() as cur:
             return cur.execute(
-                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE filename = %s", (filename,)
+                f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
+                    WHERE filename = %s AND missing_since IS NULL""",
+                (filename,),
             ).fetchone()
 
     def neighbours_in_order(
@@ -207,7 +247,8 @@ class Catalogue:
         """The rows with these ids (in no particular order)."""
         with self._rows() as cur:
             return cur.execute(
-                f"SELECT {IMAGE_COLUMNS} FROM image_embeddings WHERE id = ANY(%s)", (ids,)
+                f"""SELECT {IMAGE_COLUMNS} FROM image_embeddings
+                    WHERE id = ANY(%s) AND missing_since IS NULL""", (ids,)
             ).fetchall()
 
     def folders(self, parent: str | None = None) -> list[FolderRow]:
@@ -232,7 +273,7 @@ class Catalogue:
                     SELECT id FROM image_embeddings
                     WHERE (filename COLLATE "C") >= %(prefix)s || sub.name || '/'
                       AND (filename COLLATE "C") < %(prefix)s || sub.name || '0'
-                      AND thumbnail_key IS NOT NULL
+                      AND thumbnail_key IS NOT NULL AND missing_since IS NULL
                     ORDER BY {OLDER} LIMIT 1) AS cover""",
             {"names": names, "prefix": prefix}, prepare=False,
         ).fetchall())
@@ -242,7 +283,8 @@ class Catalogue:
     def cameras(self) -> list[tuple[str, int]]:
         """Every camera that took a photo here, with how many, most used first."""
         return [(camera, count) for camera, count in self.conn.execute(
-            """SELECT camera, count(*) FROM image_embeddings WHERE camera IS NOT NULL
+            """SELECT camera, count(*) FROM image_embeddings
+               WHERE camera IS NOT NULL AND missing_since IS NULL
                GROUP BY camera ORDER BY count(*) DESC, camera"""
         ).fetchall()]
 

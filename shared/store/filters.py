@@ -39,13 +39,15 @@ NO_FILTERS = Filters()
 
 
 def filter_condition(filters: Filters | None) -> tuple[str, dict[str, Any]]:
-    """A SQL condition (`TRUE` when unfiltered) and its named parameters, all prefixed `f_`.
+    """A SQL condition that passes the rows these filters let through (every shown row when
+    unfiltered) and its named parameters, all prefixed `f_`.
 
     Every part can use an index: the subtree is a range of file names in byte order (the
     `filename COLLATE "C"` index), days are a range of `taken_at`, the camera an equality.
     """
     filters = filters or NO_FILTERS
-    parts, params = ["TRUE"], {}
+    # Hidden rows (their files are gone from the folder, issue 12) are never read.
+    parts, params = ["missing_since IS NULL"], {}
     if filters.folder is not None:
         parts.append('(filename COLLATE "C") >= %(f_lo)s AND (filename COLLATE "C") < %(f_hi)s')
         params.update(f_lo=filters.folder + "/", f_hi=filters.folder + "0")  # "0" follows "/"

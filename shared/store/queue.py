@@ -26,8 +26,10 @@ def _missing(alias: str) -> str:
 
 
 def _todo(alias: str) -> str:
-    """SQL: the row is missing an embedding and has not failed, unless failures are retried."""
-    return f"({_missing(alias)} AND ({alias}.last_error IS NULL OR %(retry)s))"
+    """SQL: the row is missing an embedding, has not failed (unless failures are retried), and
+    its file is in the folder (a hidden row cannot be read)."""
+    return (f"({_missing(alias)} AND ({alias}.last_error IS NULL OR %(retry)s) "
+            f"AND {alias}.missing_since IS NULL)")
 
 
 def _free(alias: str) -> str:
@@ -73,9 +75,11 @@ class EmbeddingQueue:
                       FROM image_embeddings e
                       WHERE e.embedding_model = %(model)s AND e.embedding IS NOT NULL
                         AND e.sha256 IN (SELECT w.sha256 FROM image_embeddings w
-                                         WHERE {_missing('w')} AND {_free('w')})
+                                         WHERE {_missing('w')} AND {_free('w')}
+                                           AND w.missing_since IS NULL)
                       ORDER BY e.sha256, e.embedded_at DESC) s
                 WHERE t.sha256 = s.sha256 AND {_missing('t')} AND {_free('t')}
+                  AND t.missing_since IS NULL
                 RETURNING t.filename"""
         ).fetchall()
         return [name for (name,) in rows]
@@ -92,7 +96,7 @@ class EmbeddingQueue:
                               WHERE o.sha256 = e.sha256 AND o.id <> e.id
                                 AND ((o.id < e.id AND {_todo('o')} AND {_free('o')})
                                      OR (o.claimed_by IS NOT NULL AND o.claim_expires_at >= now())))
-                        ORDER BY e.id
+                        ORDER BY e.created_at DESC, e.id DESC  -- newest first, as the pages show
                         LIMIT %(n)s
                         FOR UPDATE OF e SKIP LOCKED)
                     UPDATE image_embeddings t
@@ -168,6 +172,13 @@ class EmbeddingQueue:
                WHERE claimed_by = %(worker)s AND (%(all)s OR id = ANY(%(ids)s))""",
             worker=worker_id, all=ids is None, ids=ids or [],
         ).rowcount
+
+    def holders(self) -> list[str]:
+        """The workers holding leases now, live or expired."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT claimed_by FROM image_embeddings WHERE claimed_by IS NOT NULL"
+        ).fetchall()
+        return [holder for (holder,) in rows]
 
     def leased_elsewhere(self, worker_id: str) -> tuple[int, datetime | None]:
         """Rows still without a vector that other workers hold live leases on, and when the

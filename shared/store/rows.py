@@ -72,6 +72,7 @@ class KnownFile:
     sha256: str | None
     has_thumbnail: bool
     has_metadata: bool = True  # read with the current METADATA_VERSION
+    missing: bool = False  # hidden: the file was gone at the last sync
 
 
 @dataclass(frozen=True)

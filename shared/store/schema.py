@@ -14,14 +14,14 @@ import psycopg
 from .connection import register_types
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
 
 VECTOR_INDEX = "image_embeddings_embedding_hnsw"
 _CREATE_VECTOR_INDEX = f"""CREATE INDEX IF NOT EXISTS {VECTOR_INDEX}
     ON image_embeddings USING hnsw (embedding vector_cosine_ops)"""
 
-# v3: what a photo says about itself (shared/photo_metadata.py), read by sync. Columns are added
+# v4: what a photo says about itself (shared/photo_metadata.py), read by sync. Columns are added
 # without defaults and never back-filled here: no row is rewritten, so the HNSW index is not
 # rebuilt; rows keep taken_at NULL (and metadata_version 0) until the next sync reads them.
 METADATA_STEPS = (
@@ -77,6 +77,10 @@ MIGRATIONS = (
     # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
     "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
+    # v3: a file gone from the folder is hidden, not forgotten (its row and embedding come back
+    # when it reappears); the pages' live updates ask for the latest change.
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS missing_since timestamptz",
+    "CREATE INDEX IF NOT EXISTS image_embeddings_updated_idx ON image_embeddings (updated_at)",
     *METADATA_STEPS,
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -181,6 +181,7 @@
       }).observe(document.body);
     }
     infiniteScroll();
+    document.addEventListener("grid:changed", (event) => justify(event.target)); // live.js
     keyboard();
     upload();
     filterForm();
