@@ -54,11 +54,11 @@ class ModelFetch:
             off = self.settings.embedder == "none"
             self._end("off" if off else "failed", str(exc))
             return ModelOutcome(None, str(exc), "turned off by EMBEDDER=none" if off else
-                                "the search model could not be set up (see Status)")
+                                "the search model could not be set up")
         problem = width_problem(embedder, self.settings.expected_vector_dim, table_dimensions)
         if problem:
             self._end("failed", problem)
-            return ModelOutcome(None, problem, "the model and the library disagree (see Status)")
+            return ModelOutcome(None, problem, "the model and the library disagree")
         self._end("done", "")
         self.board.put(TaskState("model", f"{embedder.model_id} ready", state="done"))
         return ModelOutcome(embedder)
