@@ -292,3 +292,28 @@ def test_the_largest_similar_search_stays_within_pgvector_limits(catalogue, conn
     library_of_random_vectors(conn, 5)
     hits = catalogue.nearest(np.ones(768, np.float32), 1000, ef_search=1000, exclude_id=1)
     assert sorted(row.id for row, _ in hits) == [2, 3, 4, 5]
+
+
+def test_hidden_rows_are_skipped_by_the_timeline_folders_cameras_and_filtered_search(catalogue, conn):
+    taken = datetime(2020, 1, 1)
+    catalogue.upsert_images([
+        record(f"Trip/{i}.jpg", sha=f"{i:064x}", thumbnail_key="t", metadata=dated(taken, "Cam"))
+        for i in range(3)
+    ])
+    conn.execute("UPDATE image_embeddings SET embedding = %s", (np.ones(768, np.float32),))
+    catalogue.hide(["Trip/1.jpg"])
+    shown = {r.id for r in catalogue.list_images(10)}
+    hidden = catalogue.conn.execute(
+        "SELECT id FROM image_embeddings WHERE filename = 'Trip/1.jpg'").fetchone()[0]
+    assert hidden not in shown and len(shown) == 2
+    trip = Filters(folder="Trip", camera="Cam")
+    assert {r.id for r in catalogue.list_images(10, None, trip)} == shown
+    assert {r.id for r in catalogue.list_images(10, (taken, hidden + 1), trip)} <= shown
+    assert [(f.name, f.images) for f in catalogue.folders(None)] == [("Trip", 2)]
+    assert catalogue.cameras() == [("Cam", 2)]
+    assert catalogue.count_matching(trip, 10) == 2
+    for exact in (True, False):
+        found = catalogue.nearest(np.ones(768, np.float32), 5, ef_search=40, filters=trip, exact=exact)
+        assert {r.id for r, _ in found} == shown, exact
+    newer, older = catalogue.neighbours_in_order(max(shown), trip)
+    assert hidden not in (newer, older)
