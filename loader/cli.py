@@ -19,8 +19,8 @@ from shared.lifecycle import StopSignals
 from shared.progress import Progress
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import StorageError, open_storage
-from shared.store import (Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, connect,
-                          connection_lost)
+from shared.store import (Catalogue, DatabaseError, Schema, SchemaError, SchemaReport, VectorIndex,
+                          connect, connection_lost)
 
 APP_DIR = Path(__file__).resolve().parent
 BROWSE_DIR = APP_DIR.parent / "browse"  # `up` serves the pages too, so it reads browse/.env
@@ -32,6 +32,7 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn: psycopg.Connection | None = None
+        self._url = ""
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -40,17 +41,29 @@ class Context:
             try:
                 where = (f"the embedded Postgres in {self.settings.data_dir / 'postgres'}"
                          if self.settings.embedded_database else self.settings.database_setting)
-                self._conn = connect(database_url(self.settings), where)
+                self._url = database_url(self.settings)
+                self._conn = connect(self._url, where)
             except DatabaseError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._conn
 
-    def ensure_schema(self) -> SchemaReport:
-        """Create or upgrade the table; a conflict is a one-line error."""
+    @property
+    def url(self) -> str:
+        """The database URL (the embedded server started first, when it is the one used)."""
+        self.conn  # noqa: B018 - opens it
+        return self._url
+
+    def ensure_schema(self, note_pending: bool = True) -> SchemaReport:
+        """Create or upgrade the table (all but a long index build or column rewrite, which
+        `ensure-schema` and `up` do); a conflict is a one-line error."""
         try:
-            return Schema(self.conn).ensure(self.settings.expected_vector_dim)
+            report = Schema(self.conn).ensure(self.settings.expected_vector_dim,
+                                              self.settings.embedding_storage, build_index=False)
         except SchemaError as exc:
             raise click.ClickException(str(exc)) from None
+        if note_pending and report.pending:
+            click.echo(f"note: {report.pending}", err=True)
+        return report
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -87,13 +100,32 @@ def main(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def ensure_schema(app: Context, as_json: bool) -> None:
-    """Create or upgrade the image_embeddings table (safe to run any time)."""
-    report = app.ensure_schema()
+    """Create or upgrade the image_embeddings table (safe to run any time).
+
+    Also brings the vector index and the embedding column to what EMBEDDING_STORAGE asks for:
+    a new index is built while search keeps using the old one; converting the column rewrites
+    the table. Ctrl-C or SIGTERM stops it (exit 0); running it again finishes the work.
+    """
+    from .index import migrate_index
+
+    app.ensure_schema(note_pending=False)
+    with StopSignals() as signals:
+        outcome = migrate_index(app.settings, app.url, signals.event, convert_column=True,
+                                show=not as_json, tell=_tell(as_json))
+    report = app.ensure_schema(note_pending=False)
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report)))
+        click.echo(json.dumps({**dataclasses.asdict(report), "migration": outcome}))
     else:
         verb = "created" if report.created else "up to date"
-        click.echo(f"image_embeddings {verb}: vector({report.dimensions}), pgvector {report.pgvector_version}")
+        click.echo(f"image_embeddings {verb}: {report.layout}, pgvector {report.pgvector_version}")
+    if outcome == "stopped":
+        click.echo("stopped before the end: run `loader ensure-schema` again to finish "
+                   "(search uses the index it had meanwhile)", err=True)
+
+
+def _tell(as_json: bool):
+    """Where a migration's steps are said: stderr, quiet for --json."""
+    return (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
 
 
 @main.command()
@@ -316,12 +348,19 @@ def status(app: Context, as_json: bool) -> None:
     counts = Catalogue(app.conn).counts().as_dict() if exists else {
         "images": 0, "embedded": 0, "waiting": 0, "failed": 0}
     counts["hidden"] = Catalogue(app.conn).hidden_count() if exists else 0
+    index = VectorIndex(app.conn)
+    layout, sizes = (index.layout(), index.sizes()) if exists else (None, None)
     info = {
         "database": describe(settings),
         "storage": open_storage(settings).describe(),
         "pgvector_version": schema.pgvector_version(),
         "expected_vector_dim": settings.expected_vector_dim,
         "table_vector_dim": schema.embedding_dimensions() if exists else None,
+        "embedding_storage": layout.storage if layout else None,
+        "vector_layout": layout.describe() if layout else None,
+        "table_bytes": sizes.table if sizes else None,
+        "vector_index_bytes": sizes.vector_index if sizes else None,
+        "total_bytes": sizes.total if sizes else None,
         **counts,
     }
     if as_json:
@@ -329,8 +368,19 @@ def status(app: Context, as_json: bool) -> None:
         return
     if not exists:
         click.echo("no image_embeddings table yet: run `loader ensure-schema` or `loader sync`")
+    shown = dict(info, disk=_disk_line(sizes) if sizes else None)
     for label, key in (("database", "database"), ("storage", "storage"), ("pgvector", "pgvector_version"),
-                       ("vector dimension", "table_vector_dim"), ("images", "images"),
+                       ("vector dimension", "table_vector_dim"), ("vectors", "vector_layout"),
+                       ("disk", "disk"), ("images", "images"),
                        ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed"),
                        ("hidden (gone)", "hidden")):
-        click.echo(f"{label + ':':<18}{info[key] if info[key] is not None else '-'}")
+        click.echo(f"{label + ':':<18}{shown[key] if shown[key] is not None else '-'}")
+
+
+def _disk_line(sizes) -> str:
+    """The table's disk use in words: total, then its parts."""
+    from shared.progress import amount
+
+    return (f"{amount(sizes.total, 'B')} (table {amount(sizes.table, 'B')}, vector index "
+            f"{amount(sizes.vector_index, 'B')}, other indexes {amount(sizes.other_indexes, 'B')})")
+

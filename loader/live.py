@@ -1,11 +1,13 @@
 """A live library: the folder followed, the model fetched, and what is missing embedded, all in
 the background of `loader up` (beside the web server) and of `loader watch` (on its own).
 
-Three threads, each with its own database connection:
+Four threads, each with its own database connection:
 - sync: a pass at start, then one after each (debounced) change in the folder; files still
   being written wait for a later pass; files gone are hidden, and come back if they return.
 - model: the embedder the settings name, fetched once if needed; then search turns on.
 - embed: the backfill, newest first, woken by every pass that added photos.
+- index: the vector index brought to what EMBEDDING_STORAGE asks for, if it is not yet
+  (an upgrade): built beside the old one, which search uses until then.
 A stop request ends each at its next step: leases are given back, partial downloads kept.
 Failures of the database or storage are said in one line and retried, never raised.
 """
@@ -25,6 +27,7 @@ from shared.storage import StorageError, open_storage
 from shared.store import Catalogue, DatabaseError, connect
 
 from .embed import EmbedOptions, EmbedReport, run_embed, searchable_progress
+from .index import migrate_index
 from .model import ModelFetch, ModelOutcome
 from .sync import KnownFailures, SyncReport, decoder_pool, run_sync
 from .watch import FolderWatch
@@ -59,7 +62,8 @@ class LiveLibrary:
     def start(self) -> None:
         """Start watching, syncing, fetching the model and embedding."""
         say(self.watch.start())
-        for name, target in (("sync", self._sync_loop), ("model", self._model_then_embed)):
+        for name, target in (("sync", self._sync_loop), ("model", self._model_then_embed),
+                             ("index", self._index)):
             thread = threading.Thread(target=target, name=f"live-{name}")
             thread.start()
             self._threads.append(thread)
@@ -130,6 +134,20 @@ class LiveLibrary:
         if report.settling:
             return time.monotonic() + max(0.05, self.settings.live.settle_s)
         return None
+
+    # --- the vector index --------------------------------------------------------------
+
+    def _index(self) -> None:
+        """Build the index EMBEDDING_STORAGE asks for when the table lacks it; one try (a
+        failure is said, and search keeps the index it has)."""
+        try:
+            outcome = migrate_index(self.settings, self.db_url, self.stop, board=self.board)
+        except FAULTS as exc:
+            say(f"index: {_one_line(exc)}; search keeps the index it has, and "
+                "`loader ensure-schema` tries again")
+            return
+        if outcome == "done":
+            say("index: the vector index is as EMBEDDING_STORAGE asks")
 
     # --- the model, then the backfill ----------------------------------------------------
 

@@ -112,12 +112,15 @@ def _open_library(settings: Settings) -> tuple[str, SchemaReport]:
     try:
         url = database_url(settings)
         with connect(url, settings.database_setting) as conn:
-            schema = Schema(conn).ensure(settings.expected_vector_dim)
+            schema = Schema(conn).ensure(settings.expected_vector_dim, settings.embedding_storage,
+                                         build_index=False)
             counts = Catalogue(conn).counts()
     except (DatabaseError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     say(f"library: {counts.images:,} photos, {counts.embedded:,} searchable; database: "
         f"{describe(settings)}; photos from {settings.images_dir}")
+    if schema.rewrite_pending:
+        say(f"note: {schema.pending}")  # the index alone is built in the background
     return url, schema
 
 

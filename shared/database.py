@@ -19,6 +19,20 @@ def database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir / "postgres")
 
 
+def index_memory_mb(settings: Settings) -> int:
+    """The most memory (MB) an HNSW index build may ask the database for: INDEX_BUILD_MEMORY_MB,
+    else a quarter of this machine's memory when the database is the embedded one (it runs
+    here), else 1,024 (a remote server's memory is unknown; the build says what it needs)."""
+    if settings.index_build_memory_mb is not None:
+        return settings.index_build_memory_mb
+    if settings.embedded_database:
+        try:
+            return max(256, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**20)
+        except (ValueError, OSError):
+            pass
+    return 1024
+
+
 def describe(settings: Settings) -> str:
     """Say which database is in use, never with its password."""
     if settings.embedded_database:

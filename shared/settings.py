@@ -23,6 +23,8 @@ DEFAULT_REPLICATE_MODEL = (
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 R2_REQUIRED = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET")
 EMBEDDERS = ("auto", "replicate", "mlx", "none")
+# How embeddings are stored and indexed (shared/store/layout.py; sizes in the README).
+EMBEDDING_STORAGES = ("halfvec-index", "float32", "halfvec")
 WATCH_EVENTS = ("auto", "off")
 # pgvector's HNSW index takes vectors of at most 2,000 dimensions.
 MAX_VECTOR_DIM = 2000
@@ -142,6 +144,10 @@ class Settings:
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_model_path: Path | None = None
     max_image_pixels: int = 178_956_970
+    embedding_storage: str = "halfvec-index"
+    # The most memory (MB) an HNSW index build may take in the database (maintenance_work_mem);
+    # None: a quarter of this machine's memory for the embedded Postgres, else 1,024.
+    index_build_memory_mb: int | None = None
     web: WebSettings = WebSettings()
     live: LiveSettings = LiveSettings()
 
@@ -183,6 +189,10 @@ class Settings:
             clip_model=get("CLIP_MODEL") or DEFAULT_CLIP_MODEL,
             clip_model_path=Path(p).expanduser() if (p := get("CLIP_MODEL_PATH")) else None,
             max_image_pixels=_number(get, "MAX_IMAGE_PIXELS", 178_956_970, int, 1, 2**40),
+            embedding_storage=_choice(get, "EMBEDDING_STORAGE", EMBEDDING_STORAGES,
+                                      "halfvec-index"),
+            index_build_memory_mb=_number(get, "INDEX_BUILD_MEMORY_MB", None, int, 64,
+                                          1024 * 1024),
             web=WebSettings(
                 **{attr: _number(get, name, getattr(WebSettings, attr), kind, lo, hi)
                    for name, attr, kind, lo, hi in _WEB_FIELDS},

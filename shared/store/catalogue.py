@@ -12,7 +12,9 @@ from psycopg.rows import class_row
 
 from ..photo_metadata import METADATA_VERSION, PhotoMetadata
 from .filters import Filters, filter_condition
+from .layout import VectorLayout
 from .rows import IMAGE_COLUMNS, Counts, ImageRecord, ImageRow, KnownFile
+from .vector_index import VectorIndex
 
 # A place in the timeline: (taken_at, id) of a row; taken_at is None for rows not dated yet.
 TimelineKey = tuple[datetime | None, int]
@@ -25,6 +27,11 @@ OLDER = "taken_at DESC NULLS LAST, id DESC"
 NEWER = "taken_at ASC NULLS FIRST, id ASC"
 METADATA_COLUMNS = ("taken_at", "taken_offset_minutes", "taken_at_is_fallback", "camera_make",
                     "camera_model", "camera", "latitude", "longitude", "metadata_version")
+_METADATA_TYPES = ("timestamp", "smallint", "boolean", "text", "text", "text", "float8", "float8",
+                   "smallint")
+# upsert_images's columns as arrays, one parameter each (unnest turns them back into rows).
+_ARRAYS = ", ".join(f"%s::{t}[]" for t in ("text", "integer", "integer", "bigint", "text", "text",
+                                             "bigint", "text", *_METADATA_TYPES))
 
 
 @dataclass(frozen=True)
@@ -64,60 +71,62 @@ class Catalogue:
         """Insert or update rows; a row whose content changed loses its stale embedding.
 
         A record without metadata keeps the row's (a new row then waits for sync to read it).
+        One statement for the whole batch (the database's counters are then updated once,
+        at its end; counters.py says why that matters).
         """
-        params = [
-            (r.filename, r.width, r.height, r.byte_size, r.sha256, r.format, r.mtime_ns,
-             r.thumbnail_key, *_metadata_values(r.metadata))
-            for r in records
-        ]
-        if not params:
+        latest = {r.filename: r for r in records}  # one row may be changed once per statement
+        if not latest:
             return
+        rows = [(r.filename, r.width, r.height, r.byte_size, r.sha256, r.format, r.mtime_ns,
+                 r.thumbnail_key, *_metadata_values(r.metadata)) for r in latest.values()]
         changed = "image_embeddings.sha256 IS DISTINCT FROM EXCLUDED.sha256"
         read = "EXCLUDED.metadata_version > 0"
         keep_or_take = ", ".join(
             f"{c} = CASE WHEN {read} THEN EXCLUDED.{c} ELSE image_embeddings.{c} END"
             for c in METADATA_COLUMNS
         )
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(
-                f"""INSERT INTO image_embeddings
-                       (filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key,
-                        {", ".join(METADATA_COLUMNS)})
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {", ".join(["%s"] * len(METADATA_COLUMNS))})
-                   ON CONFLICT (filename) DO UPDATE SET
-                       width = EXCLUDED.width, height = EXCLUDED.height,
-                       byte_size = EXCLUDED.byte_size, format = EXCLUDED.format,
-                       mtime_ns = EXCLUDED.mtime_ns, thumbnail_key = EXCLUDED.thumbnail_key,
-                       sha256 = EXCLUDED.sha256, missing_since = NULL, {keep_or_take},
-                       embedding = CASE WHEN {changed} THEN NULL
-                                        ELSE image_embeddings.embedding END,
-                       embedding_model = CASE WHEN {changed} THEN NULL
-                                              ELSE image_embeddings.embedding_model END,
-                       embedded_at = CASE WHEN {changed} THEN NULL
-                                          ELSE image_embeddings.embedded_at END,
-                       last_error = CASE WHEN {changed} THEN NULL
-                                         ELSE image_embeddings.last_error END,
-                       attempts = CASE WHEN {changed} THEN 0 ELSE image_embeddings.attempts END,
-                       updated_at = now()""",
-                params,
-            )
+        self.conn.execute(
+            f"""INSERT INTO image_embeddings
+                   (filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key,
+                    {", ".join(METADATA_COLUMNS)})
+               SELECT * FROM unnest({_ARRAYS})
+               ON CONFLICT (filename) DO UPDATE SET
+                   width = EXCLUDED.width, height = EXCLUDED.height,
+                   byte_size = EXCLUDED.byte_size, format = EXCLUDED.format,
+                   mtime_ns = EXCLUDED.mtime_ns, thumbnail_key = EXCLUDED.thumbnail_key,
+                   sha256 = EXCLUDED.sha256, missing_since = NULL, {keep_or_take},
+                   embedding = CASE WHEN {changed} THEN NULL
+                                    ELSE image_embeddings.embedding END,
+                   embedding_model = CASE WHEN {changed} THEN NULL
+                                          ELSE image_embeddings.embedding_model END,
+                   embedded_at = CASE WHEN {changed} THEN NULL
+                                      ELSE image_embeddings.embedded_at END,
+                   last_error = CASE WHEN {changed} THEN NULL
+                                     ELSE image_embeddings.last_error END,
+                   attempts = CASE WHEN {changed} THEN 0 ELSE image_embeddings.attempts END,
+                   updated_at = now()""",
+            [list(column) for column in zip(*rows)],
+        )
 
     def touch_files(self, changes: Iterable[tuple[str, int, int, PhotoMetadata]]) -> None:
         """Record a new (size, mtime) and the metadata just read of files whose hash held.
 
         Nothing else changes: not the thumbnail, not the embedding. updated_at moves, so that
-        live pages show a date just read.
+        live pages show a date just read. One statement for the whole batch.
         """
-        params = [(mtime, size, *_metadata_values(meta), name)
-                  for name, size, mtime, meta in changes]
-        if params:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                cur.executemany(
-                    f"""UPDATE image_embeddings SET mtime_ns = %s, byte_size = %s,
-                            updated_at = now(), {", ".join(f"{c} = %s" for c in METADATA_COLUMNS)}
-                        WHERE filename = %s""",
-                    params,
-                )
+        rows = [(name, mtime, size, *_metadata_values(meta))
+                for name, size, mtime, meta in changes]
+        if not rows:
+            return
+        types = ["text", "bigint", "bigint", *_METADATA_TYPES]
+        names = ["filename", "mtime_ns", "byte_size", *METADATA_COLUMNS]
+        self.conn.execute(
+            f"""UPDATE image_embeddings t SET mtime_ns = v.mtime_ns, byte_size = v.byte_size,
+                    updated_at = now(), {", ".join(f"{c} = v.{c}" for c in METADATA_COLUMNS)}
+                FROM unnest({", ".join(f"%s::{t}[]" for t in types)}) AS v({", ".join(names)})
+                WHERE t.filename = v.filename""",
+            [list(column) for column in zip(*rows)],
+        )
 
     def hide(self, filenames: list[str]) -> int:
         """Hide the rows of files gone from the folder, keeping them (and their embeddings) for
@@ -162,30 +171,31 @@ class Catalogue:
     # --- reads --------------------------------------------------------------------
 
     def counts(self) -> Counts:
-        """How many images there are, embedded, waiting, and failed."""
+        """How many images there are, embedded, waiting, and failed (kept by the database's
+        counters, shared/store/counters.py: no rows are counted here)."""
         with self.conn.cursor(row_factory=class_row(Counts)) as cur:
-            return cur.execute(
-                """SELECT count(*) AS images,
-                          count(embedding) AS embedded,
-                          count(*) FILTER (WHERE embedding IS NULL AND last_error IS NULL) AS waiting,
-                          count(*) FILTER (WHERE embedding IS NULL AND last_error IS NOT NULL)
-                              AS failed
-                   FROM image_embeddings WHERE missing_since IS NULL"""
+            found = cur.execute(
+                """SELECT images, embedded, waiting, failed FROM image_browser_counts
+                   WHERE scope = 'library' AND key = ''"""
             ).fetchone()
+        return found or Counts(0, 0, 0, 0)
 
     def hidden_count(self) -> int:
         """How many rows are hidden because their files are gone from the folder."""
-        return self.conn.execute(
-            "SELECT count(*) FROM image_embeddings WHERE missing_since IS NOT NULL"
-        ).fetchone()[0]
+        row = self.conn.execute(
+            "SELECT hidden FROM image_browser_counts WHERE scope = 'library' AND key = ''"
+        ).fetchone()
+        return row[0] if row else 0
 
     def version(self) -> str:
         """A marker that changes whenever the visible library changes (rows added, changed,
-        embedded, hidden, restored or deleted): the pages compare it to update themselves."""
+        embedded, hidden, restored or deleted): the pages compare it to update themselves.
+        Two index reads: the shown count (a deletion moves it) and the latest change."""
         count, changed = self.conn.execute(
-            "SELECT count(*) FILTER (WHERE missing_since IS NULL), max(updated_at) FROM image_embeddings"
+            """SELECT (SELECT images FROM image_browser_counts WHERE scope = 'library' AND key = ''),
+                      (SELECT max(updated_at) FROM image_embeddings)"""
         ).fetchone()
-        return f"{count}:{changed.timestamp() if changed else 0:.6f}"
+        return f"{count or 0}:{changed.timestamp() if changed else 0:.6f}"
 
     def list_images(
         self, limit: int, before: TimelineKey | None = None, filters: Filters | None = None
@@ -283,9 +293,8 @@ class Catalogue:
     def cameras(self) -> list[tuple[str, int]]:
         """Every camera that took a photo here, with how many, most used first."""
         return [(camera, count) for camera, count in self.conn.execute(
-            """SELECT camera, count(*) FROM image_embeddings
-               WHERE camera IS NOT NULL AND missing_since IS NULL
-               GROUP BY camera ORDER BY count(*) DESC, camera"""
+            """SELECT key, images FROM image_browser_counts
+               WHERE scope = 'camera' AND images > 0 ORDER BY images DESC, key"""
         ).fetchall()]
 
     def count_matching(self, filters: Filters | None, cap: int) -> int:
@@ -312,6 +321,7 @@ class Catalogue:
         self, vector: np.ndarray, k: int, *, ef_search: int, exclude_id: int | None = None,
         filters: Filters | None = None, exact: bool = False, max_scan_tuples: int = 20_000,
         iterative_scan: str = "relaxed_order", timeout_ms: int = 10_000,
+        layout: VectorLayout | None = None,
     ) -> list[tuple[ImageRow, float]]:
         """The `k` rows closest to `vector` by cosine distance among those the filters let
         through, with their distances, nearest first.
@@ -322,43 +332,70 @@ class Catalogue:
         distance of every row the filters let through instead (fast when they are few; also
         the reference recall is measured against). `iterative_scan` is pgvector's mode:
         relaxed_order (re-sorted here), strict_order, or off (for measuring what it saves).
+        `layout` says which index there is to walk (read from the catalog when not given);
+        the distances returned are at the column's precision, whatever the index holds.
         """
-        if iterative_scan not in ("relaxed_order", "strict_order", "off"):
-            raise ValueError(f"unknown hnsw.iterative_scan mode {iterative_scan!r}")
         want = k + (1 if exclude_id is not None else 0)
+        query, params = self._nearest_query(vector, want, filters, exact, layout)
+        with self.conn.transaction():
+            self._search_settings(ef_search, want, iterative_scan, max_scan_tuples, exact,
+                                  timeout_ms)
+            with self.conn.cursor(row_factory=_row_and_distance) as cur:
+                rows = cur.execute(query, params, prepare=False).fetchall()
+        # relaxed_order gives neighbours only roughly in order, a half-precision index only
+        # nearly in the column's order; the exact scan's join in none.
+        rows.sort(key=lambda found: (found[1], found[0].id))
+        return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
+
+    def nearest_plan(
+        self, vector: np.ndarray, k: int, *, ef_search: int, filters: Filters | None = None,
+        exact: bool = False, layout: VectorLayout | None = None,
+    ) -> list[str]:
+        """The plan Postgres makes for `nearest` with these arguments (EXPLAIN's lines)."""
+        query, params = self._nearest_query(vector, k, filters, exact, layout)
+        with self.conn.transaction():
+            self._search_settings(ef_search, k, "relaxed_order", 20_000, exact, 10_000)
+            return [line for (line,) in self.conn.execute(
+                f"EXPLAIN {query}", params, prepare=False).fetchall()]
+
+    def _nearest_query(self, vector: np.ndarray, want: int, filters: Filters | None,
+                       exact: bool, layout: VectorLayout | None) -> tuple[str, dict]:
+        """The SQL of `nearest`: its ORDER BY is the index's own expression (`layout.key`)."""
+        # Without a table the query fails as any other read would (UndefinedTable).
+        layout = layout or VectorIndex(self.conn).layout() or VectorLayout("vector", None, 0)
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
+        distance = layout.distance("%(q)s")
         if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
-            query = f"""WITH scanned AS MATERIALIZED (
-                            SELECT id, embedding <=> %(q)s AS distance FROM image_embeddings
+            return f"""WITH scanned AS MATERIALIZED (
+                            SELECT id, {distance} AS distance FROM image_embeddings
                             WHERE embedding IS NOT NULL AND {where})
                         SELECT {IMAGE_COLUMNS}, nearest.distance
                         FROM (SELECT id, distance FROM scanned ORDER BY distance, id
                               LIMIT %(want)s) AS nearest
-                        JOIN image_embeddings USING (id)"""
-        else:
-            query = f"""SELECT {IMAGE_COLUMNS}, embedding <=> %(q)s AS distance
-                        FROM image_embeddings WHERE embedding IS NOT NULL AND {where}
-                        ORDER BY embedding <=> %(q)s LIMIT %(want)s"""
-        with self.conn.transaction():
-            self.conn.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), "
-                "set_config('hnsw.iterative_scan', %s, true), "
-                "set_config('hnsw.max_scan_tuples', %s, true), "
-                "set_config('enable_sort', %s, true), "
-                "set_config('statement_timeout', %s, true)",
-                (str(min(PGVECTOR_MAX_EF_SEARCH, max(ef_search, want))), iterative_scan,
-                 str(int(max_scan_tuples)),
-                 # Every plan but the HNSW walk sorts. The planner would pick a filter's btree
-                 # and sort all its rows, slow when many match (and exact=False means many
-                 # do), unless sorting is its last resort.
-                 "on" if exact else "off", str(int(timeout_ms))),
-            )
-            with self.conn.cursor(row_factory=_row_and_distance) as cur:
-                rows = cur.execute(query, params, prepare=False).fetchall()
-        # relaxed_order gives neighbours only roughly in order; the exact scan's join in none.
-        rows.sort(key=lambda found: (found[1], found[0].id))
-        return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
+                        JOIN image_embeddings USING (id)""", params
+        return f"""SELECT {IMAGE_COLUMNS}, {distance} AS distance
+                   FROM image_embeddings WHERE embedding IS NOT NULL AND {where}
+                   ORDER BY {layout.order_by("%(q)s")} LIMIT %(want)s""", params
+
+    def _search_settings(self, ef_search: int, want: int, iterative_scan: str,
+                         max_scan_tuples: int, exact: bool, timeout_ms: int) -> None:
+        """pgvector's and the planner's settings for one search, for this transaction only."""
+        if iterative_scan not in ("relaxed_order", "strict_order", "off"):
+            raise ValueError(f"unknown hnsw.iterative_scan mode {iterative_scan!r}")
+        self.conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), "
+            "set_config('hnsw.iterative_scan', %s, true), "
+            "set_config('hnsw.max_scan_tuples', %s, true), "
+            "set_config('enable_sort', %s, true), "
+            "set_config('statement_timeout', %s, true)",
+            (str(min(PGVECTOR_MAX_EF_SEARCH, max(ef_search, want))), iterative_scan,
+             str(int(max_scan_tuples)),
+             # Every plan but the HNSW walk sorts. The planner would pick a filter's btree
+             # and sort all its rows, slow when many match (and exact=False means many
+             # do), unless sorting is its last resort.
+             "on" if exact else "off", str(int(timeout_ms))),
+        )
 
     def _rows(self) -> psycopg.Cursor[ImageRow]:
         return self.conn.cursor(row_factory=class_row(ImageRow))

@@ -3,23 +3,26 @@
 Each migration step is idempotent, so a half-upgraded table (a killed run, an older release) is
 finished by running them all again. The version reached is written down and read back: a
 database upgraded by a newer Image Browser is refused by name, never silently downgraded.
+The HNSW index (and the embedding column's type) is migrated by `vector_index.py`, outside
+the transaction of the other steps: on a large table that takes minutes, with search working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import psycopg
 
 from .connection import register_types
+from .counters import install_counters
+from .layout import DEFAULT_STORAGE, INDEXES, VectorLayout
+from .vector_index import VectorIndex, memory_needed_mb
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
-
-VECTOR_INDEX = "image_embeddings_embedding_hnsw"
-_CREATE_VECTOR_INDEX = f"""CREATE INDEX IF NOT EXISTS {VECTOR_INDEX}
-    ON image_embeddings USING hnsw (embedding vector_cosine_ops)"""
+DEFAULT_INDEX_MEMORY_MB = 1024
 
 # v4: what a photo says about itself (shared/photo_metadata.py), read by sync. Columns are added
 # without defaults and never back-filled here: no row is rewritten, so the HNSW index is not
@@ -73,7 +76,7 @@ MIGRATIONS = (
     "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_filename_key ON image_embeddings (filename)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_sha256_idx ON image_embeddings (sha256)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_created_idx ON image_embeddings (created_at DESC, id DESC)",
-    _CREATE_VECTOR_INDEX,
+    # (v1-v4 created the float32 HNSW index here; vector_index.py now builds the one chosen.)
     # v2: the embedding backfill looks rows up by id, and finds work without scanning embedded rows.
     "CREATE UNIQUE INDEX IF NOT EXISTS image_embeddings_id_key ON image_embeddings (id)",
     "CREATE INDEX IF NOT EXISTS image_embeddings_unembedded_idx ON image_embeddings (id) WHERE embedding IS NULL",
@@ -82,6 +85,9 @@ MIGRATIONS = (
     "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS missing_since timestamptz",
     "CREATE INDEX IF NOT EXISTS image_embeddings_updated_idx ON image_embeddings (updated_at)",
     *METADATA_STEPS,
+    # v5: the backfill finds who holds leases without reading every row.
+    """CREATE INDEX IF NOT EXISTS image_embeddings_claimed_idx ON image_embeddings (claimed_by)
+        WHERE claimed_by IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
@@ -103,6 +109,10 @@ class SchemaReport:
     dimensions: int
     created: bool
     schema_version: int
+    storage: str = DEFAULT_STORAGE  # the EMBEDDING_STORAGE the table is at now
+    layout: str = ""  # the same in words: column and index
+    pending: str | None = None  # what is left to reach the setting, and how to finish it
+    rewrite_pending: bool = False  # the column must be converted (only ensure-schema does it)
 
 
 @dataclass(frozen=True)
@@ -119,8 +129,19 @@ class Schema:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
-    def ensure(self, dimensions: int) -> SchemaReport:
-        """Create or upgrade the table; refuse, changing nothing, on a width or version conflict."""
+    def ensure(
+        self, dimensions: int, storage: str = DEFAULT_STORAGE, *, build_index: bool = True,
+        convert_column: bool = False, index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> SchemaReport:
+        """Create or upgrade the table; refuse, changing nothing, on a width or version conflict.
+
+        An empty table gets the layout `storage` asks for at once. On one with rows, the HNSW
+        index is built (concurrently) only with `build_index`, and the column converted only
+        with `convert_column`; what is left is said in the report's `pending`.
+        `index_memory_mb` caps the memory an index build may take.
+        """
+        wanted = VectorLayout.wanted(storage, dimensions)
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             self._refuse_newer()
@@ -134,6 +155,10 @@ class Schema:
             created = not self.table_exists()
             for step in MIGRATIONS:
                 self.conn.execute(step.format(dim=int(dimensions)))
+            register_types(self.conn)  # the extension exists now
+            install_counters(self.conn)
+            if self._empty():
+                self._lay_out_empty(wanted)
             self.conn.execute(
                 """INSERT INTO image_browser_schema (version, dimensions) VALUES (%s, %s)
                    ON CONFLICT (singleton) DO UPDATE
@@ -141,27 +166,92 @@ class Schema:
                        updated_at = now()""",
                 (SCHEMA_VERSION, dimensions),
             )
-        register_types(self.conn)  # the extension exists now
-        return SchemaReport(self.pgvector_version() or "?", dimensions, created, SCHEMA_VERSION)
+        if build_index:
+            self.migrate_vector_index(storage, dimensions, convert_column=convert_column,
+                                      index_memory_mb=index_memory_mb, say=say)
+        layout = VectorIndex(self.conn).layout() or wanted
+        return SchemaReport(self.pgvector_version() or "?", dimensions, created, SCHEMA_VERSION,
+                            layout.storage, layout.describe(), self.pending(storage, dimensions),
+                            layout.column != wanted.column)
+
+    def migrate_vector_index(
+        self, storage: str, dimensions: int, *, convert_column: bool = False,
+        index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB, say: Callable[[str], None] = lambda _: None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Bring the HNSW index (and, with `convert_column`, the column) to what `storage`
+        asks for, keeping search working; nothing to do returns at once. `cancelled` is asked
+        between steps; a statement cancelled in the server (KeyboardInterrupt, or
+        `cancel_safe` from another thread) raises QueryCanceled. The next call finishes."""
+        wanted = VectorLayout.wanted(storage, dimensions)
+        index = VectorIndex(self.conn)
+        if not index.pending(wanted, convert_column):
+            return
+        target = wanted.with_column(index.state().column or wanted.column)
+        need = memory_needed_mb(target, index.row_estimate())
+        if need > index_memory_mb:
+            say(f"the index graph of {index.row_estimate():,} rows needs about {need:,} MB of "
+                f"maintenance_work_mem to be built quickly; {index_memory_mb:,} MB are allowed "
+                f"(INDEX_BUILD_MEMORY_MB), so it will be slower: allow {need:,} if the "
+                "database server has the memory")
+        index.migrate(wanted, convert_column=convert_column,
+                      memory_mb=min(need, index_memory_mb), say=say, cancelled=cancelled)
+
+    def pending(self, storage: str, dimensions: int) -> str | None:
+        """What is left before the table is as `storage` asks, and how to finish it; None
+        when nothing is."""
+        wanted = VectorLayout.wanted(storage, dimensions)
+        state = VectorIndex(self.conn).state()
+        if state.column is None:
+            return None
+        if state.column != wanted.column:
+            return (f"the embedding column is {state.column}({dimensions}) but EMBEDDING_STORAGE="
+                    f"{storage} asks for {wanted.column}({dimensions}): `loader ensure-schema` "
+                    "converts it (it rewrites the table; pages wait until it is done)")
+        if VectorIndex(self.conn).pending(wanted, convert_column=False):
+            return (f"the vector index is not yet the one EMBEDDING_STORAGE={storage} asks for: "
+                    "`loader ensure-schema` (or `loader up`) builds it while search goes on")
+        return None
+
+    def _empty(self) -> bool:
+        return self.conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})").fetchone()[0]
+
+    def _lay_out_empty(self, wanted: VectorLayout) -> None:
+        """The wanted column type and index on an empty table, at once (nothing to rewrite)."""
+        state = VectorIndex(self.conn).state()
+        if state.column != wanted.column:
+            kind = f"{wanted.column}({wanted.dimensions})"
+            for name in INDEXES:
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+            self.conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN embedding TYPE {kind} "
+                              f"USING embedding::{kind}")
+            state = VectorIndex(self.conn).state()
+        for name in INDEXES:
+            if name != wanted.index_name or name in state.invalid:
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        self.conn.execute(wanted.index_sql(concurrently=False))
 
     def drop_vector_index(self) -> None:
         """Drop the HNSW index (before a bulk load: building it afterwards is much faster)."""
-        self.conn.execute(f"DROP INDEX IF EXISTS {VECTOR_INDEX}")
+        VectorIndex(self.conn).drop_all()
 
-    def build_vector_index(self, maintenance_work_mem: str = "1GB") -> None:
-        """Build the HNSW index if it is missing, then refresh the planner's statistics.
+    def build_vector_index(self, maintenance_work_mem: str = "1GB",
+                           storage: str = DEFAULT_STORAGE) -> None:
+        """Build the HNSW index `storage` asks for (on the column as it is) if it is missing,
+        then refresh the planner's statistics. Writes wait meanwhile; reads go on.
 
         The graph should fit in `maintenance_work_mem`, or the build slows down a lot.
         """
-        with self.conn.transaction():
-            self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)",
-                              (maintenance_work_mem,))
-            self.conn.execute(_CREATE_VECTOR_INDEX)
-        self.conn.execute(f"ANALYZE {TABLE}")
+        dimensions = self.embedding_dimensions()
+        if dimensions is None:
+            raise SchemaError(f"there is no {TABLE} table to index")
+        VectorIndex(self.conn).build(VectorLayout.wanted(storage, dimensions),
+                                     _megabytes(maintenance_work_mem))
 
     def drop(self) -> None:
         """Remove the table and its version record (tests and benchmarks start from nothing)."""
-        self.conn.execute(f"DROP TABLE IF EXISTS {TABLE}, image_browser_schema CASCADE")
+        self.conn.execute(
+            f"DROP TABLE IF EXISTS {TABLE}, image_browser_schema, image_browser_counts CASCADE")
 
     def check(self) -> SchemaState:
         """Whether this code can use the table as it is, without changing anything."""
@@ -197,10 +287,10 @@ class Schema:
         ).fetchone()
         if row is None:
             return None
-        declared = row[0]
-        if not declared.startswith("vector(") or not declared.endswith(")"):
-            raise SchemaError(f"the column {TABLE}.embedding has type {declared}; expected vector(N)")
-        return int(declared[len("vector(") : -1])
+        try:
+            return VectorIndex(self.conn).state().dimensions
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from None
 
     def pgvector_version(self) -> str | None:
         """The installed pgvector version, or None before `CREATE EXTENSION`."""
@@ -228,3 +318,12 @@ class Schema:
             f"understands ({SCHEMA_VERSION}); nothing was changed. Update Image Browser "
             "(git pull, then scripts/setup) before using this database"
         )
+
+
+def _megabytes(size: str) -> int:
+    """Postgres's memory size ("256MB", "2GB") in MB."""
+    units = {"MB": 1, "GB": 1024, "TB": 1024 * 1024}
+    number, unit = size[:-2], size[-2:].upper()
+    if unit not in units or not number.isdigit():
+        raise ValueError(f"a memory size like 256MB or 2GB, not {size!r}")
+    return int(number) * units[unit]

@@ -1,0 +1,93 @@
+"""The vector index brought to what EMBEDDING_STORAGE asks for: progress shown, stoppable.
+
+`loader ensure-schema` runs this in the foreground, `loader up` and `loader watch` in the
+background. Search keeps working meanwhile (the new index is built before the old one goes).
+A stop request cancels the statement running in the server; the invalid index a cancelled
+build leaves is dropped and built again by the next run.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import psycopg
+
+from shared.database import index_memory_mb
+from shared.progress import Board, Progress, say
+from shared.settings import Settings
+from shared.store import DatabaseError, Schema, VectorIndex, VectorLayout, connect
+
+POLL_S = 0.5  # how often the build's progress (and a stop request) is looked at
+
+
+def migrate_index(settings: Settings, url: str, stop: threading.Event, *,
+                  convert_column: bool = False, board: Board | None = None, show: bool = True,
+                  tell: Callable[[str], None] = say) -> str:
+    """Migrate the column (with `convert_column`) and the HNSW index; returns "nothing" (it
+    was as asked), "done", or "stopped" (a stop request came first)."""
+    dimensions, storage = settings.expected_vector_dim, settings.embedding_storage
+    with connect(url, settings.database_setting) as conn:
+        schema = Schema(conn)
+        if not VectorIndex(conn).pending(VectorLayout.wanted(storage, dimensions), convert_column):
+            return "nothing"
+        finished = threading.Event()
+        watcher = threading.Thread(target=_watch, name="index-watch", daemon=True,
+                                   args=(conn, url, settings, stop, finished, board, show))
+        watcher.start()
+        try:
+            schema.migrate_vector_index(storage, dimensions, convert_column=convert_column,
+                                        index_memory_mb=index_memory_mb(settings), say=tell,
+                                        cancelled=stop.is_set)
+        except psycopg.errors.QueryCanceled:
+            if not stop.is_set():
+                raise  # someone else's cancel (statement_timeout, an admin): a real failure
+        finally:
+            finished.set()
+            watcher.join(timeout=10)
+    return "stopped" if stop.is_set() else "done"
+
+
+def _watch(conn: psycopg.Connection, url: str, settings: Settings, stop: threading.Event,
+           finished: threading.Event, board: Board | None, show: bool) -> None:
+    """Beside the migration: cancel its statement on a stop request; show the build's rows."""
+    progress: Progress | None = None
+    watch: psycopg.Connection | None = None
+    cancelled = False
+    try:
+        while not finished.wait(POLL_S):
+            if stop.is_set() and not cancelled:
+                conn.cancel_safe()
+                cancelled = True
+            building, rows = _build_progress(watch := watch or _quiet_connect(url, settings))
+            if building is None:
+                continue
+            if progress is None:
+                progress = Progress("index", "{done} of {total} rows indexed", total=max(1, rows),
+                                    board=board, show=show,
+                                    every_s=settings.live.progress_every_s)
+            progress.set_done(min(building, rows) if rows else building)
+    finally:
+        if watch is not None:
+            watch.close()
+        if progress is not None:
+            progress.finish("stopped" if stop.is_set() else "done")
+
+
+def _quiet_connect(url: str, settings: Settings) -> psycopg.Connection | None:
+    try:
+        return connect(url, settings.database_setting)
+    except DatabaseError:
+        return None  # progress is a nicety: the migration reports its own failures
+
+
+def _build_progress(conn: psycopg.Connection | None) -> tuple[int | None, int]:
+    """(rows indexed so far, rows in the table) while a build runs; (None, 0) otherwise."""
+    if conn is None:
+        return None, 0
+    try:
+        index = VectorIndex(conn)
+        building = index.build_progress()
+        return (building[1], index.row_estimate()) if building else (None, 0)
+    except psycopg.Error:
+        return None, 0
