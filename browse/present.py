@@ -12,7 +12,6 @@ from flask import abort, url_for
 from shared.search import Hit, ImageNotFound
 from shared.store import Filters, FolderRow, ImageRow, TimelineKey
 
-from .filters import filter_args
 from .state import get_browse
 
 # Formats every current browser shows; others (HEIC, TIFF, ...) are shown by their thumbnail.

@@ -22,6 +22,7 @@ import numpy as np
 import psycopg
 
 from shared.embedders.base import FATAL, Embedder, EmbeddingError, ImageSource, PartialFailure
+from shared.lifeline import process_alive
 from shared.progress import Progress
 from shared.storage import Storage
 from shared.store import Catalogue, Claim, EmbeddingQueue
@@ -47,19 +48,10 @@ def release_dead_workers(queue: EmbeddingQueue) -> int:
     released = 0
     for holder in queue.holders():
         name, _, rest = holder.rpartition(":")[0].partition(":")
-        if name == host and rest.isdigit() and not _alive(int(rest)):
+        if name == host and rest.isdigit() and not process_alive(int(rest)):
             released += queue.release(holder)
     return released
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

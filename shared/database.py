@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
+from .lifeline import process_alive
 from .redact import mask_url
 from .settings import Settings
 from .store import DatabaseError
@@ -77,16 +77,7 @@ def _forget_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text() or "[]")
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _alive(pid)]
+    alive = [pid for pid in pids if process_alive(pid)]
     if alive != pids:
         handles.write_text(json.dumps(alive))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

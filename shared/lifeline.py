@@ -27,16 +27,17 @@ def exit_with_parent(poll_seconds: float = POLL_SECONDS, program: int | None = N
 def _watch(parent: int, poll_seconds: float, program: int | None) -> None:
     # Re-parenting (to init or a subreaper) is the one sign of a parent's death that needs
     # no cooperation from it and works the same on Linux and macOS.
-    while os.getppid() == parent and (program is None or _alive(program)):
+    while os.getppid() == parent and (program is None or process_alive(program)):
         time.sleep(poll_seconds)
     os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 probes without harm)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # it exists, it is just not ours
     return True

@@ -360,7 +360,9 @@ def axe_violations(page) -> list[str]:
 
 
 @pytest.mark.parametrize("path", ["/", "/?q=red+bicycle", "/image/FIRST", "/search/image",
-                                  "/status", "/image/999999"])
+                                  "/status", "/image/999999", "/folders", "/?folder=Italy",
+                                  "/?camera=FUJIFILM+X-T3&has_location=true&taken_after=2019-01-01",
+                                  "/?q=red&folder=Italy", "/?camera=nobody"])
 def test_pages_pass_axe_core(server, watched, path):
     page = watched.page
     if "FIRST" in path:

@@ -49,6 +49,15 @@ def wait_for(condition, timeout: float, what: str):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def size_or_zero(path: Path) -> int:
+    """The size of a file that the hub client may rename at any moment (small files finish
+    and move between the listing and the stat)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 RUNNING: list[subprocess.Popen] = []
 
 
@@ -202,7 +211,7 @@ def test_sigterm_during_the_download_keeps_it_and_the_next_run_resumes(fake_hub,
     fake_hub.rate = 1_000_000  # ~7 s for the weights
     up = Up(up_env(home, fake_hub.url))
     blobs = home / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
-    wait_for(lambda: [p for p in blobs.glob("*.incomplete") if p.stat().st_size > 2**20], 60,
+    wait_for(lambda: [p for p in blobs.glob("*.incomplete") if size_or_zero(p) > 2**20], 60,
              "part of the weights on disk")
     started = time.monotonic()
     assert up.stop() == 0
