@@ -57,15 +57,28 @@ def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 1000,
     Unrelated images come out near cosine 0.3, one topic near 0.6, one scene (a burst of shots
     of the same thing) near 0.85, roughly as CLIP embeddings of a photo library do.
     """
+    basis = cluster_basis(rng, clusters, scenes)
+    return sample_clustered(n, rng, basis), basis[:2]
+
+
+def cluster_basis(rng: np.random.Generator, clusters: int = 1000, scenes: int = 20) -> tuple:
+    """The generator's fixed part: (shared direction, topic centres, scene directions, weights)."""
     common = _unit(rng.normal(size=DIM))
     centres = _unit(rng.normal(size=(clusters, DIM)))
     scene_dirs = _unit(rng.normal(size=(clusters * scenes, DIM))).astype(np.float32)
     weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    topic = rng.choice(clusters, size=n, p=weights / weights.sum())
+    return common, centres, scene_dirs, weights / weights.sum()
+
+
+def sample_clustered(n: int, rng: np.random.Generator, basis: tuple) -> np.ndarray:
+    """`n` vectors of `clustered_vectors` on a given basis (callable chunk by chunk)."""
+    common, centres, scene_dirs, weights = basis
+    scenes = len(scene_dirs) // len(centres)
+    topic = rng.choice(len(centres), size=n, p=weights)
     scene = topic * scenes + rng.integers(0, scenes, size=n)
     noise = rng.normal(size=(n, DIM)).astype(np.float32) / np.sqrt(DIM)
     vectors = 0.7 * common + 0.7 * centres[topic] + 0.55 * scene_dirs[scene] + 0.35 * noise
-    return _unit(vectors).astype(np.float32), (common, centres)
+    return _unit(vectors).astype(np.float32)
 
 
 def query_vectors(n: int, rng: np.random.Generator, basis) -> np.ndarray:

@@ -54,8 +54,8 @@ class Context:
         return self._url
 
     def ensure_schema(self, note_pending: bool = True) -> SchemaReport:
-        """Create or upgrade the table (all but a long index build or column rewrite, which
-        `ensure-schema` and `up` do); a conflict is a one-line error."""
+        """Create or upgrade the table (all but a long index build, which `ensure-schema` and
+        `up` do); a conflict is a one-line error."""
         try:
             report = Schema(self.conn).ensure(self.settings.expected_vector_dim,
                                               self.settings.embedding_storage, build_index=False)
@@ -102,16 +102,15 @@ def main(ctx: click.Context) -> None:
 def ensure_schema(app: Context, as_json: bool) -> None:
     """Create or upgrade the image_embeddings table (safe to run any time).
 
-    Also brings the vector index and the embedding column to what EMBEDDING_STORAGE asks for:
-    a new index is built while search keeps using the old one; converting the column rewrites
-    the table. Ctrl-C or SIGTERM stops it (exit 0); running it again finishes the work.
+    Also builds the vector index EMBEDDING_STORAGE asks for: the new index is built while search
+    keeps using the old one, which is dropped after. Ctrl-C or SIGTERM stops it (exit 0);
+    running it again finishes the work.
     """
     from .index import migrate_index
 
     app.ensure_schema(note_pending=False)
     with StopSignals() as signals:
-        outcome = migrate_index(app.settings, app.url, signals.event, convert_column=True,
-                                show=not as_json, tell=_tell(as_json))
+        outcome = migrate_index(app.settings, app.url, signals.event, show=not as_json, tell=_tell(as_json))
     report = app.ensure_schema(note_pending=False)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(report), "migration": outcome}))

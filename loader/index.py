@@ -22,22 +22,20 @@ POLL_S = 0.5  # how often the build's progress (and a stop request) is looked at
 
 
 def migrate_index(settings: Settings, url: str, stop: threading.Event, *,
-                  convert_column: bool = False, board: Board | None = None, show: bool = True,
+                  board: Board | None = None, show: bool = True,
                   tell: Callable[[str], None] = say) -> str:
-    """Migrate the column (with `convert_column`) and the HNSW index; returns "nothing" (it
-    was as asked), "done", or "stopped" (a stop request came first)."""
+    """Migrate the HNSW index; returns "nothing" (it was as asked), "done", or "stopped" (a stop request came first)."""
     dimensions, storage = settings.expected_vector_dim, settings.embedding_storage
     with connect(url, settings.database_setting) as conn:
         schema = Schema(conn)
-        if not VectorIndex(conn).pending(VectorLayout.wanted(storage, dimensions), convert_column):
+        if not VectorIndex(conn).pending(VectorLayout.wanted(storage, dimensions)):
             return "nothing"
         finished = threading.Event()
         watcher = threading.Thread(target=_watch, name="index-watch", daemon=True,
                                    args=(conn, url, settings, stop, finished, board, show))
         watcher.start()
         try:
-            schema.migrate_vector_index(storage, dimensions, convert_column=convert_column,
-                                        index_memory_mb=index_memory_mb(settings), say=tell,
+            schema.migrate_vector_index(storage, dimensions, index_memory_mb=index_memory_mb(settings), say=tell,
                                         cancelled=stop.is_set)
         except psycopg.errors.QueryCanceled:
             if not stop.is_set():

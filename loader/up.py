@@ -119,8 +119,6 @@ def _open_library(settings: Settings) -> tuple[str, SchemaReport]:
         raise click.ClickException(str(exc)) from None
     say(f"library: {counts.images:,} photos, {counts.embedded:,} searchable; database: "
         f"{describe(settings)}; photos from {settings.images_dir}")
-    if schema.rewrite_pending:
-        say(f"note: {schema.pending}")  # the index alone is built in the background
     return url, schema
 
 

@@ -24,7 +24,7 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 R2_REQUIRED = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET")
 EMBEDDERS = ("auto", "replicate", "mlx", "none")
 # How embeddings are stored and indexed (shared/store/layout.py; sizes in the README).
-EMBEDDING_STORAGES = ("halfvec-index", "float32", "halfvec")
+EMBEDDING_STORAGES = ("halfvec-index", "float32")
 WATCH_EVENTS = ("auto", "off")
 # pgvector's HNSW index takes vectors of at most 2,000 dimensions.
 MAX_VECTOR_DIM = 2000

@@ -81,7 +81,8 @@ def stoppable_pg(_stoppable_server) -> StoppablePostgres:
     """A running Postgres separate from `pg_url`, for outage tests; its tables start empty."""
     _stoppable_server.start()
     with connect(_stoppable_server.url) as conn:
-        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
+        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema, "
+                     "image_browser_counts CASCADE")
     return _stoppable_server
 
 
@@ -102,7 +103,8 @@ def module_db_url(pg_url) -> str:
 def db_url(pg_url) -> str:
     """A database URL whose Image Browser tables start empty."""
     with connect(pg_url) as conn:
-        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema CASCADE")
+        conn.execute("DROP TABLE IF EXISTS image_embeddings, image_browser_schema, "
+                     "image_browser_counts CASCADE")
     return pg_url
 
 
@@ -113,6 +115,42 @@ def conn(db_url):
     Schema(conn).ensure(768)
     yield conn
     conn.close()
+
+
+def counts_kept(conn) -> dict:
+    """The counts the pages show, read from the database's counters (shared/store/counters.py)."""
+    catalogue = Catalogue(conn)
+    return {**catalogue.counts().as_dict(), "hidden": catalogue.hidden_count(),
+            "cameras": catalogue.cameras()}
+
+
+def counts_of_rows(conn) -> dict:
+    """The same counts, counted from every row (what the counters must always equal)."""
+    images, embedded, waiting, failed, hidden = conn.execute(
+        """SELECT count(*) FILTER (WHERE missing_since IS NULL),
+                  count(*) FILTER (WHERE missing_since IS NULL AND embedding IS NOT NULL),
+                  count(*) FILTER (WHERE missing_since IS NULL AND embedding IS NULL
+                                   AND last_error IS NULL),
+                  count(*) FILTER (WHERE missing_since IS NULL AND embedding IS NULL
+                                   AND last_error IS NOT NULL),
+                  count(*) FILTER (WHERE missing_since IS NOT NULL)
+           FROM image_embeddings""").fetchone()
+    cameras = conn.execute(
+        """SELECT camera, count(*) FROM image_embeddings
+           WHERE camera IS NOT NULL AND missing_since IS NULL
+           GROUP BY camera ORDER BY count(*) DESC, camera""").fetchall()
+    return {"images": images, "embedded": embedded, "waiting": waiting, "failed": failed,
+            "hidden": hidden, "cameras": [tuple(c) for c in cameras]}
+
+
+@pytest.fixture
+def counts_stay_true():
+    """Asserts that the counters equal a count of the rows; returns them."""
+    def check(conn) -> dict:
+        kept = counts_kept(conn)
+        assert kept == counts_of_rows(conn)
+        return kept
+    return check
 
 
 @pytest.fixture

@@ -453,24 +453,28 @@ def test_changed_file_gets_the_new_files_metadata(catalogue, tmp_path, utc):
     assert metadata(catalogue)["p.png"][:3] == (datetime(2002, 2, 2, 2, 2, 2), False, "Canon EOS 5D")
 
 
-def test_gone_files_are_hidden_then_restored_or_pruned(catalogue, tmp_path):
+def test_gone_files_are_hidden_then_restored_or_pruned(catalogue, tmp_path, counts_stay_true):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg", color=(1, 2, 3))
     save_jpeg(images / "b.jpg", color=(200, 200, 0))
     sync(catalogue, images)
+    assert counts_stay_true(catalogue.conn)["images"] == 2
     (images / "b.jpg").rename(tmp_path / "b.jpg")
     report = sync(catalogue, images)
     assert (report.hidden, report.pruned) == (1, 0)
     assert [r.filename for r in catalogue.list_images(10)] == ["a.jpg"]
+    assert counts_stay_true(catalogue.conn)["hidden"] == 1
     assert sync(catalogue, images).hidden == 0  # hidden once
     (tmp_path / "b.jpg").rename(images / "b.jpg")
     report = sync(catalogue, images)
     assert report.restored == 1 and report.new == 0 and report.unchanged == 2
     assert len(catalogue.list_images(10)) == 2
+    assert counts_stay_true(catalogue.conn)["hidden"] == 0
     (images / "b.jpg").unlink()
     sync(catalogue, images)
     assert sync(catalogue, images, prune=True).pruned == 1  # a hidden row is forgotten too
     assert set(rows(catalogue)) == {"a.jpg"}
+    assert counts_stay_true(catalogue.conn)["images"] == 1
 
 
 def test_files_changed_just_now_wait_for_a_later_pass(catalogue, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -238,6 +239,39 @@ def test_search_takes_its_filtered_search_limits_from_the_settings(big):
         assert search.method(Filters(camera="Any")) == "exact"  # 2,000 rows match
     finally:
         pool.close()
+
+
+def index_walks(conn) -> dict[str, int]:
+    """How often each HNSW index of the table was walked (this backend's counts flushed)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    return dict(conn.execute(
+        """SELECT indexrelname, idx_scan FROM pg_stat_user_indexes
+           WHERE relname = 'image_embeddings' AND indexrelname LIKE '%%hnsw'""").fetchall())
+
+
+def test_unfiltered_filtered_and_similar_searches_walk_the_half_precision_index(big):
+    """Issue 11: the index holds embedding::halfvec(N); every search path's ORDER BY must be
+    that expression, or the planner sorts every row instead (EXPLAIN, then the real calls)."""
+    half, full = "image_embeddings_embedding_half_hnsw", "image_embeddings_embedding_hnsw"
+    with connect(big.url) as conn:
+        catalogue = Catalogue(conn)
+        assert set(index_walks(conn)) == {half}  # the default EMBEDDING_STORAGE, alone
+        for filters in (None, Filters(camera="Any")):
+            plan = "\n".join(catalogue.nearest_plan(big.query, K, ef_search=40, filters=filters))
+            assert f"Index Scan using {half}" in plan and "Sort" not in plan
+        exact = "\n".join(catalogue.nearest_plan(big.query, K, ef_search=40, exact=True,
+                                                 filters=Filters(camera="Rare")))
+        assert half not in exact and full not in exact
+        # On this connection: its walks are counted as soon as it asks for them.
+        search = Search(lambda: contextlib.nullcontext(conn), None, expected_dimensions=DIM_SMALL,
+                        ef_search=40, exact_search_rows=500)
+        for run, walks in ((lambda: search.by_vector(big.query, K), 1),
+                           (lambda: search.by_vector(big.query, K, filters=Filters(camera="Any")), 1),
+                           (lambda: search.similar_to(5, K), 1),
+                           (lambda: search.similar_to(5, K, filters=Filters(camera="Rare")), 0)):
+            before = index_walks(conn)[half]
+            assert len(run()) == K
+            assert index_walks(conn)[half] - before == walks  # "Rare" is the exact scan's
 
 
 def test_search_turns_on_at_runtime_from_another_thread(pg_url, tmp_path):

@@ -8,11 +8,9 @@ from typing import Iterable
 
 import numpy as np
 import psycopg
-from pgvector import HalfVector
 
 from ..photo_metadata import METADATA_VERSION
 from .schema import TABLE
-from .vector_index import VectorIndex
 
 _COLUMNS = ("id, filename, width, height, byte_size, sha256, format, mtime_ns, thumbnail_key, "
             "embedding, embedding_model, embedded_at, created_at, taken_at, "
@@ -49,16 +47,13 @@ class BulkImage:
 def copy_images(conn: psycopg.Connection, rows: Iterable[BulkImage]) -> int:
     """Append rows with binary COPY (ids given), then move the id sequence past them."""
     count, top = 0, 0
-    column = VectorIndex(conn).state().column or "vector"
-    as_column = HalfVector if column == "halfvec" else (lambda v: v)
     with conn.cursor() as cur, cur.copy(
         f"COPY {TABLE} ({_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)"
     ) as copy:
-        copy.set_types([column if t == "vector" else t for t in _TYPES])
+        copy.set_types(_TYPES)
         for r in rows:
-            embedding = None if r.embedding is None else as_column(r.embedding)
             copy.write_row([r.id, r.filename, r.width, r.height, r.byte_size, r.sha256, r.format,
-                            r.mtime_ns, r.thumbnail_key, embedding, r.embedding_model,
+                            r.mtime_ns, r.thumbnail_key, r.embedding, r.embedding_model,
                             r.embedded_at, r.created_at, r.taken_at, r.taken_at_is_fallback,
                             r.camera, r.latitude, r.longitude,
                             METADATA_VERSION if r.taken_at is not None else 0])

@@ -362,10 +362,10 @@ class Catalogue:
                        exact: bool, layout: VectorLayout | None) -> tuple[str, dict]:
         """The SQL of `nearest`: its ORDER BY is the index's own expression (`layout.key`)."""
         # Without a table the query fails as any other read would (UndefinedTable).
-        layout = layout or VectorIndex(self.conn).layout() or VectorLayout("vector", None, 0)
+        layout = layout or VectorIndex(self.conn).layout() or VectorLayout(None, 0)
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
-        distance = layout.distance("%(q)s")
+        distance = "embedding <=> %(q)s"  # at the column's precision, whatever the index holds
         if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
             return f"""WITH scanned AS MATERIALIZED (
                             SELECT id, {distance} AS distance FROM image_embeddings

@@ -3,7 +3,7 @@
 Each migration step is idempotent, so a half-upgraded table (a killed run, an older release) is
 finished by running them all again. The version reached is written down and read back: a
 database upgraded by a newer Image Browser is refused by name, never silently downgraded.
-The HNSW index (and the embedding column's type) is migrated by `vector_index.py`, outside
+The HNSW index of a table with rows is migrated by `vector_index.py`, outside
 the transaction of the other steps: on a large table that takes minutes, with search working.
 """
 
@@ -16,8 +16,8 @@ import psycopg
 
 from .connection import register_types
 from .counters import install_counters
-from .layout import DEFAULT_STORAGE, INDEXES, VectorLayout
-from .vector_index import VectorIndex, memory_needed_mb
+from .layout import DEFAULT_STORAGE, VectorLayout
+from .vector_index import VectorIndex, memory_needed_mb, vector_width
 
 TABLE = "image_embeddings"
 SCHEMA_VERSION = 5
@@ -109,10 +109,9 @@ class SchemaReport:
     dimensions: int
     created: bool
     schema_version: int
-    storage: str = DEFAULT_STORAGE  # the EMBEDDING_STORAGE the table is at now
+    storage: str | None = DEFAULT_STORAGE  # the EMBEDDING_STORAGE the index is at now
     layout: str = ""  # the same in words: column and index
     pending: str | None = None  # what is left to reach the setting, and how to finish it
-    rewrite_pending: bool = False  # the column must be converted (only ensure-schema does it)
 
 
 @dataclass(frozen=True)
@@ -131,15 +130,13 @@ class Schema:
 
     def ensure(
         self, dimensions: int, storage: str = DEFAULT_STORAGE, *, build_index: bool = True,
-        convert_column: bool = False, index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB,
-        say: Callable[[str], None] = lambda _: None,
+        index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB, say: Callable[[str], None] = lambda _: None,
     ) -> SchemaReport:
         """Create or upgrade the table; refuse, changing nothing, on a width or version conflict.
 
-        An empty table gets the layout `storage` asks for at once. On one with rows, the HNSW
-        index is built (concurrently) only with `build_index`, and the column converted only
-        with `convert_column`; what is left is said in the report's `pending`.
-        `index_memory_mb` caps the memory an index build may take.
+        An empty table gets the HNSW index `storage` asks for at once. On one with rows, that
+        index is built (concurrently, search going on) only with `build_index`; else what is
+        left is said in the report's `pending`. `index_memory_mb` caps the build's memory.
         """
         wanted = VectorLayout.wanted(storage, dimensions)
         with self.conn.transaction():
@@ -157,8 +154,9 @@ class Schema:
                 self.conn.execute(step.format(dim=int(dimensions)))
             register_types(self.conn)  # the extension exists now
             install_counters(self.conn)
-            if self._empty():
-                self._lay_out_empty(wanted)
+            if self._empty():  # nothing to index: the wanted index at once, the others gone
+                VectorIndex(self.conn).drop_all(keep=wanted.index_name)
+                self.conn.execute(wanted.index_sql(concurrently=False))
             self.conn.execute(
                 """INSERT INTO image_browser_schema (version, dimensions) VALUES (%s, %s)
                    ON CONFLICT (singleton) DO UPDATE
@@ -167,69 +165,43 @@ class Schema:
                 (SCHEMA_VERSION, dimensions),
             )
         if build_index:
-            self.migrate_vector_index(storage, dimensions, convert_column=convert_column,
-                                      index_memory_mb=index_memory_mb, say=say)
+            self.migrate_vector_index(storage, dimensions, index_memory_mb=index_memory_mb,
+                                      say=say)
         layout = VectorIndex(self.conn).layout() or wanted
         return SchemaReport(self.pgvector_version() or "?", dimensions, created, SCHEMA_VERSION,
-                            layout.storage, layout.describe(), self.pending(storage, dimensions),
-                            layout.column != wanted.column)
+                            layout.storage, layout.describe(), self.pending(storage, dimensions))
 
     def migrate_vector_index(
-        self, storage: str, dimensions: int, *, convert_column: bool = False,
-        index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB, say: Callable[[str], None] = lambda _: None,
-        cancelled: Callable[[], bool] = lambda: False,
+        self, storage: str, dimensions: int, *, index_memory_mb: int = DEFAULT_INDEX_MEMORY_MB,
+        say: Callable[[str], None] = lambda _: None, cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Bring the HNSW index (and, with `convert_column`, the column) to what `storage`
-        asks for, keeping search working; nothing to do returns at once. `cancelled` is asked
-        between steps; a statement cancelled in the server (KeyboardInterrupt, or
-        `cancel_safe` from another thread) raises QueryCanceled. The next call finishes."""
+        """Bring the HNSW index to what `storage` asks for, search working meanwhile; nothing
+        to do returns at once. `cancelled` is asked between steps; a statement cancelled in
+        the server (Ctrl-C, or `cancel_safe` from another thread) raises QueryCanceled, and
+        the next call finishes the work."""
         wanted = VectorLayout.wanted(storage, dimensions)
         index = VectorIndex(self.conn)
-        if not index.pending(wanted, convert_column):
+        if not index.pending(wanted):
             return
-        target = wanted.with_column(index.state().column or wanted.column)
-        need = memory_needed_mb(target, index.row_estimate())
+        rows = index.row_estimate()
+        need = memory_needed_mb(wanted, rows)
         if need > index_memory_mb:
-            say(f"the index graph of {index.row_estimate():,} rows needs about {need:,} MB of "
+            say(f"the index graph of {rows:,} rows needs about {need:,} MB of "
                 f"maintenance_work_mem to be built quickly; {index_memory_mb:,} MB are allowed "
                 f"(INDEX_BUILD_MEMORY_MB), so it will be slower: allow {need:,} if the "
                 "database server has the memory")
-        index.migrate(wanted, convert_column=convert_column,
-                      memory_mb=min(need, index_memory_mb), say=say, cancelled=cancelled)
+        index.migrate(wanted, min(need, index_memory_mb), say=say, cancelled=cancelled)
 
     def pending(self, storage: str, dimensions: int) -> str | None:
-        """What is left before the table is as `storage` asks, and how to finish it; None
-        when nothing is."""
-        wanted = VectorLayout.wanted(storage, dimensions)
-        state = VectorIndex(self.conn).state()
-        if state.column is None:
+        """What is left before the index is the one `storage` asks for, and how to finish it;
+        None when nothing is."""
+        if not VectorIndex(self.conn).pending(VectorLayout.wanted(storage, dimensions)):
             return None
-        if state.column != wanted.column:
-            return (f"the embedding column is {state.column}({dimensions}) but EMBEDDING_STORAGE="
-                    f"{storage} asks for {wanted.column}({dimensions}): `loader ensure-schema` "
-                    "converts it (it rewrites the table; pages wait until it is done)")
-        if VectorIndex(self.conn).pending(wanted, convert_column=False):
-            return (f"the vector index is not yet the one EMBEDDING_STORAGE={storage} asks for: "
-                    "`loader ensure-schema` (or `loader up`) builds it while search goes on")
-        return None
+        return (f"the vector index is not yet the one EMBEDDING_STORAGE={storage} asks for: "
+                "`loader ensure-schema` (or `loader up`) builds it while search goes on")
 
     def _empty(self) -> bool:
         return self.conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})").fetchone()[0]
-
-    def _lay_out_empty(self, wanted: VectorLayout) -> None:
-        """The wanted column type and index on an empty table, at once (nothing to rewrite)."""
-        state = VectorIndex(self.conn).state()
-        if state.column != wanted.column:
-            kind = f"{wanted.column}({wanted.dimensions})"
-            for name in INDEXES:
-                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-            self.conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN embedding TYPE {kind} "
-                              f"USING embedding::{kind}")
-            state = VectorIndex(self.conn).state()
-        for name in INDEXES:
-            if name != wanted.index_name or name in state.invalid:
-                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-        self.conn.execute(wanted.index_sql(concurrently=False))
 
     def drop_vector_index(self) -> None:
         """Drop the HNSW index (before a bulk load: building it afterwards is much faster)."""
@@ -237,8 +209,8 @@ class Schema:
 
     def build_vector_index(self, maintenance_work_mem: str = "1GB",
                            storage: str = DEFAULT_STORAGE) -> None:
-        """Build the HNSW index `storage` asks for (on the column as it is) if it is missing,
-        then refresh the planner's statistics. Writes wait meanwhile; reads go on.
+        """Build the HNSW index `storage` asks for if it is missing, then refresh the planner's
+        statistics. Writes wait meanwhile; reads go on.
 
         The graph should fit in `maintenance_work_mem`, or the build slows down a lot.
         """
@@ -288,7 +260,7 @@ class Schema:
         if row is None:
             return None
         try:
-            return VectorIndex(self.conn).state().dimensions
+            return vector_width(row[0])
         except ValueError as exc:
             raise SchemaError(str(exc)) from None
 

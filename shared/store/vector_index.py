@@ -1,10 +1,9 @@
-"""The HNSW index (and the embedding column's type): found, built, replaced, measured.
+"""The HNSW index: found, built, replaced, measured.
 
-Replacing an index on a library in use builds the new one first, with CREATE INDEX
+Replacing the index of a library in use builds the new one first, with CREATE INDEX
 CONCURRENTLY (writes go on), and drops the old one only once the new one is valid, so search
 keeps working throughout. A build that is stopped (Ctrl-C, a crash, a lost connection) leaves
-an *invalid* index behind: the next migration drops it and builds again. Converting the column
-(`vector` <-> `halfvec`) rewrites the table under an exclusive lock; it is done only when asked.
+an *invalid* index behind: the next migration drops it and builds again.
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ from typing import Callable, Iterator
 
 import psycopg
 
-from .layout import INDEXES, VectorLayout
+from .layout import FLOAT32_INDEX, HALF_INDEX, INDEXES, VectorLayout
 
 TABLE = "image_embeddings"
 
 MIGRATION_LOCK_KEY = 7_210_002  # advisory lock: one index migration at a time
 # What pgvector's HNSW build keeps in memory per row at m = 16 beyond the vector itself
-# (neighbour lists, element headers), measured from its "graph no longer fits" notice
+# (neighbour lists, element headers); checked against its "graph no longer fits" notice
 # (docs/benchmarks.md, "A million photos").
 GRAPH_BYTES_PER_ROW = 700
 MEMORY_FLOOR_MB = 64
@@ -29,23 +28,19 @@ MEMORY_FLOOR_MB = 64
 
 @dataclass(frozen=True)
 class IndexState:
-    """The embedding column's type and our HNSW indexes as the catalog has them."""
+    """The embedding column's width and our HNSW indexes as the catalog has them."""
 
-    column: str | None  # "vector" or "halfvec"; None when there is no table
-    dimensions: int | None
+    dimensions: int | None  # None when there is no table
     valid: tuple[str, ...]  # names of our valid HNSW indexes
     invalid: tuple[str, ...]  # left behind by a stopped CREATE INDEX CONCURRENTLY
 
     def layout(self) -> VectorLayout | None:
         """What searches use now: the half-precision index when valid, else the float32 one."""
-        if self.column is None or self.dimensions is None:
+        if self.dimensions is None:
             return None
-        if self.column == "halfvec":
-            index = "halfvec" if INDEXES[1] in self.valid else None
-        else:
-            index = ("halfvec" if INDEXES[1] in self.valid
-                     else "float32" if INDEXES[0] in self.valid else None)
-        return VectorLayout(self.column, index, self.dimensions)
+        index = ("halfvec" if HALF_INDEX in self.valid
+                 else "float32" if FLOAT32_INDEX in self.valid else None)
+        return VectorLayout(index, self.dimensions)
 
 
 @dataclass(frozen=True)
@@ -70,13 +65,13 @@ def memory_needed_mb(layout: VectorLayout, rows: int) -> int:
 
 
 class VectorIndex:
-    """Inspects and migrates the embedding column and its HNSW index on one connection."""
+    """Inspects and migrates the HNSW index on one (autocommit) connection."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
     def state(self) -> IndexState:
-        """The column's type and width, and which of our HNSW indexes are valid or not."""
+        """The column's width, and which of our HNSW indexes are valid or not."""
         row = self.conn.execute(
             """SELECT format_type(a.atttypid, a.atttypmod),
                       ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -91,22 +86,18 @@ class VectorIndex:
             {"ours": list(INDEXES), "table": TABLE},
         ).fetchone()
         if row is None:
-            return IndexState(None, None, (), ())
-        column, dimensions = _parse_type(row[0])
-        return IndexState(column, dimensions, tuple(row[1]), tuple(row[2]))
+            return IndexState(None, (), ())
+        return IndexState(vector_width(row[0]), tuple(row[1]), tuple(row[2]))
 
     def layout(self) -> VectorLayout | None:
         """The layout searches must use now (None when there is no table)."""
         return self.state().layout()
 
-    def pending(self, wanted: VectorLayout, convert_column: bool) -> bool:
+    def pending(self, wanted: VectorLayout) -> bool:
         """Whether `migrate` has anything to do to reach `wanted`."""
         state = self.state()
-        if state.column is None:
-            return False
-        target = wanted if convert_column else wanted.with_column(state.column)
-        return (state.column != target.column or state.invalid != ()
-                or state.valid != (target.index_name,))
+        return state.dimensions is not None and (
+            state.invalid != () or state.valid != (wanted.index_name,))
 
     def row_estimate(self) -> int:
         """The planner's row count (no scan); 0 for a table never analysed."""
@@ -115,53 +106,41 @@ class VectorIndex:
             (TABLE,)).fetchone()
         return int(row[0]) if row else 0
 
-    def migrate(self, wanted: VectorLayout, *, convert_column: bool, memory_mb: int,
+    def migrate(self, wanted: VectorLayout, memory_mb: int,
                 say: Callable[[str], None] = lambda _: None,
-                cancelled: Callable[[], bool] = lambda: False) -> VectorLayout | None:
-        """Reach `wanted`: drop what a stopped build left, convert the column if asked, build
-        the wanted index concurrently, then drop the others. Returns the layout reached.
-
-        Must run outside a transaction (CONCURRENTLY). Each step is idempotent, and
-        `cancelled` is asked before each: a stopped migration is finished by the next call.
-        """
+                cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Reach `wanted`: drop what a stopped build left, build the wanted index concurrently,
+        then drop the other one. Each step is idempotent and `cancelled` is asked before each:
+        a stopped migration is finished by the next call. Must run outside a transaction."""
         with self._migration_lock():
-            state = self.state()
-            for name in state.invalid:
+            for name in self.state().invalid:
                 say(f"dropping {name}, left unfinished by a stopped build")
                 self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             if cancelled():
-                return self.layout()
-            if convert_column and state.column != wanted.column:
-                say(f"converting the embedding column to {wanted.column}({wanted.dimensions}): "
-                    "the table is rewritten, and pages wait until it is done")
-                self._convert_column(wanted)
-            state = self.state()
-            target = wanted.with_column(state.column)
-            if cancelled():
-                return self.layout()
-            if target.index_name not in state.valid:
-                say(f"building the {target.describe().split(', ')[1]} over about "
+                return
+            if wanted.index_name not in self.state().valid:
+                say(f"building the {wanted.describe().split(', ')[1]} over about "
                     f"{self.row_estimate():,} rows (maintenance_work_mem {memory_mb:,} MB); "
                     "search uses the current index meanwhile")
-                self._build(target, memory_mb, concurrently=True)
+                self._build(wanted, memory_mb, concurrently=True)
             for name in self.state().valid:
-                if name != target.index_name and not cancelled():
+                if name != wanted.index_name and not cancelled():
                     say(f"dropping the index it replaces, {name}")
                     self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-        return self.layout()
 
     def build(self, wanted: VectorLayout, memory_mb: int) -> None:
-        """Build the wanted index on the column as it is, in one statement (after a bulk load:
-        writes wait, reads go on), then refresh the planner's statistics."""
-        state = self.state()
-        self._build(wanted.with_column(state.column or wanted.column), memory_mb,
-                    concurrently=False)
+        """Build the wanted index in one statement (after a bulk load: writes wait, reads go
+        on), then refresh the planner's statistics."""
+        self._build(wanted, memory_mb, concurrently=False)
         self.conn.execute(f"ANALYZE {TABLE}")
 
-    def drop_all(self) -> None:
-        """Drop every HNSW index of ours (before a bulk load: building afterwards is faster)."""
+    def drop_all(self, keep: str | None = None) -> None:
+        """Drop every HNSW index of ours but `keep` (before a bulk load: building afterwards
+        is faster), and an invalid `keep` too."""
+        state = self.state()
         for name in INDEXES:
-            self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+            if name != keep or name in state.invalid:
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
 
     def build_progress(self) -> tuple[str, int] | None:
         """(phase, rows done) of an index build running on the table, or None."""
@@ -196,16 +175,6 @@ class VectorIndex:
             if not self.conn.closed and self.conn.info.transaction_status == 0:  # idle
                 self.conn.execute("RESET maintenance_work_mem")
 
-    def _convert_column(self, wanted: VectorLayout) -> None:
-        """Rewrite the column as `wanted.column`; its HNSW indexes go first (their operator
-        classes fit only the old type), so search scans every row until the new index is built."""
-        kind = f"{wanted.column}({wanted.dimensions})"
-        with self.conn.transaction():
-            for name in INDEXES:
-                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-            self.conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN embedding TYPE {kind} "
-                              f"USING embedding::{kind}")
-
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
         """One migration at a time across processes; released when the session ends, too."""
@@ -217,10 +186,8 @@ class VectorIndex:
                 self.conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-def _parse_type(declared: str) -> tuple[str, int]:
-    """("vector", 768) from "vector(768)"; ValueError for a type of any other shape."""
-    for kind in ("vector", "halfvec"):
-        if declared.startswith(f"{kind}(") and declared.endswith(")"):
-            return kind, int(declared[len(kind) + 1 : -1])
-    raise ValueError(f"the column {TABLE}.embedding has type {declared}; "
-                     "expected vector(N) or halfvec(N)")
+def vector_width(declared: str) -> int:
+    """768 from "vector(768)"; ValueError for a type of any other shape."""
+    if declared.startswith("vector(") and declared.endswith(")"):
+        return int(declared[len("vector("):-1])
+    raise ValueError(f"the column {TABLE}.embedding has type {declared}; expected vector(N)")
