@@ -8,6 +8,7 @@ an *invalid* index behind: the next migration drops it and builds again.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -19,6 +20,7 @@ from .layout import FLOAT32_INDEX, HALF_INDEX, INDEXES, VectorLayout
 TABLE = "image_embeddings"
 
 MIGRATION_LOCK_KEY = 7_210_002  # advisory lock: one index migration at a time
+LOCK_POLL_S = 0.2
 # What pgvector's HNSW build keeps in memory per row at m = 16 beyond the vector itself
 # (neighbour lists, element headers); checked against its "graph no longer fits" notice
 # (docs/benchmarks.md, "A million photos").
@@ -112,7 +114,9 @@ class VectorIndex:
         """Reach `wanted`: drop what a stopped build left, build the wanted index concurrently,
         then drop the other one. Each step is idempotent and `cancelled` is asked before each:
         a stopped migration is finished by the next call. Must run outside a transaction."""
-        with self._migration_lock():
+        with self._migration_lock(say, cancelled) as locked:
+            if not locked:
+                return
             for name in self.state().invalid:
                 say(f"dropping {name}, left unfinished by a stopped build")
                 self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
@@ -176,11 +180,23 @@ class VectorIndex:
                 self.conn.execute("RESET maintenance_work_mem")
 
     @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        """One migration at a time across processes; released when the session ends, too."""
-        self.conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    def _migration_lock(self, say: Callable[[str], None],
+                        cancelled: Callable[[], bool]) -> Iterator[bool]:
+        """One migration at a time across processes (released when the session ends, too);
+        yields False when cancelled while waiting. Never waits inside a statement: CREATE INDEX
+        CONCURRENTLY waits for every open transaction, a blocked lock request included."""
+        waited = False
+        while not self.conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                    (MIGRATION_LOCK_KEY,)).fetchone()[0]:
+            if cancelled():
+                yield False
+                return
+            if not waited:
+                say("another migration of the vector index is running: waiting for it")
+                waited = True
+            time.sleep(LOCK_POLL_S)
         try:
-            yield
+            yield True
         finally:
             if not self.conn.closed and self.conn.info.transaction_status == 0:
                 self.conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

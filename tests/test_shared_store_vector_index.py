@@ -1,0 +1,145 @@
+"""The HNSW index migrated on a library in use: new index first, an interrupted build finished
+by the next run, one migration at a time, and what it takes on disk and in memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import psycopg
+import pytest
+
+from shared.store import (BulkImage, Catalogue, Schema, VectorIndex, VectorLayout, connect,
+                          copy_images, memory_needed_mb)
+from shared.store.layout import FLOAT32_INDEX, HALF_INDEX
+
+HALF = VectorLayout.wanted("halfvec-index", 768)
+
+
+def float32_library(db_url: str, rows: int) -> psycopg.Connection:
+    """A library as Image Browser left it before issue 11: a float32 HNSW index."""
+    conn = connect(db_url)
+    schema = Schema(conn)
+    schema.ensure(768, "float32")
+    schema.drop_vector_index()
+    vectors = np.random.default_rng(4).standard_normal((rows, 768)).astype(np.float32)
+    now = datetime.now(timezone.utc)
+    copy_images(conn, (BulkImage(i + 1, f"{i}.png", 4, 3, 10, f"{i:064x}", "PNG", 1, None, v, "m",
+                                 now, now) for i, v in enumerate(vectors)))
+    schema.build_vector_index("64MB", storage="float32")
+    return conn
+
+
+def test_an_empty_table_gets_the_chosen_index_at_once(db_url):
+    conn = connect(db_url)
+    report = Schema(conn).ensure(768)
+    assert VectorIndex(conn).state().valid == (HALF_INDEX,) and report.pending is None
+    assert report.storage == "halfvec-index" and "half-precision" in report.layout
+    Schema(conn).ensure(768, "float32")  # still empty: switched at once
+    assert VectorIndex(conn).state().valid == (FLOAT32_INDEX,)
+
+
+def test_a_table_with_rows_keeps_its_index_until_the_new_one_is_built(db_url):
+    conn = float32_library(db_url, 300)
+    report = Schema(conn).ensure(768, build_index=False)  # what sync, embed and up do
+    assert report.storage == "float32" and "ensure-schema" in report.pending
+    watcher, seen, searches = connect(db_url), [], []
+    done = threading.Event()
+
+    def say(line: str) -> None:
+        seen.append((line.split()[0], VectorIndex(watcher).state().valid))
+
+    def search() -> None:  # a user searching all along
+        with connect(db_url) as own:
+            while not done.is_set():
+                searches.append(len(Catalogue(own).nearest(np.ones(768, np.float32), 5,
+                                                           ef_search=40)))
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        Schema(conn).migrate_vector_index("halfvec-index", 768, say=say)
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert seen == [("building", (FLOAT32_INDEX,)), ("dropping", (HALF_INDEX, FLOAT32_INDEX))]
+    assert VectorIndex(conn).state().valid == (HALF_INDEX,)
+    assert searches and set(searches) == {5}
+    assert Schema(conn).ensure(768, build_index=False).pending is None
+
+
+def cancel_the_build(db_url: str, found: list) -> None:
+    """Wait for an index build to show in Postgres's progress view, then cancel it there."""
+    with connect(db_url) as conn:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT pid FROM pg_stat_progress_create_index").fetchone()
+            if row:
+                found.append(conn.execute("SELECT pg_cancel_backend(%s)", row).fetchone()[0])
+                return
+            time.sleep(0.005)
+
+
+def test_an_interrupted_build_leaves_search_on_the_old_index_and_the_next_run_finishes(db_url):
+    conn = float32_library(db_url, 2000)
+    cancelled: list = []
+    canceller = threading.Thread(target=cancel_the_build, args=(db_url, cancelled))
+    canceller.start()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        Schema(conn).migrate_vector_index("halfvec-index", 768)
+    canceller.join(timeout=60)
+    assert cancelled == [True]
+    state = VectorIndex(conn).state()
+    assert state.invalid == (HALF_INDEX,) and state.valid == (FLOAT32_INDEX,)
+    assert VectorIndex(conn).layout().index == "float32"  # search goes on with the old index
+    said: list[str] = []
+    Schema(conn).migrate_vector_index("halfvec-index", 768, say=said.append)
+    assert said[0].startswith(f"dropping {HALF_INDEX}, left unfinished")
+    state = VectorIndex(conn).state()
+    assert state.valid == (HALF_INDEX,) and state.invalid == ()
+
+
+def test_two_migrations_at_once_build_the_index_once(db_url):
+    float32_library(db_url, 300)
+    said: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+
+    def migrate(n: int) -> None:
+        try:
+            with connect(db_url) as own:
+                Schema(own).migrate_vector_index("halfvec-index", 768, say=said[n].append)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sum(line.startswith("building") for lines in said for line in lines) == 1
+    assert VectorIndex(connect(db_url)).state().valid == (HALF_INDEX,)
+
+
+def test_a_build_short_of_memory_says_what_to_allow(db_url):
+    conn = float32_library(db_url, 300)
+    conn.execute("ANALYZE image_embeddings")
+    said: list[str] = []
+    Schema(conn).migrate_vector_index("halfvec-index", 768, index_memory_mb=1, say=said.append)
+    assert "INDEX_BUILD_MEMORY_MB" in said[0] and "maintenance_work_mem" in said[0]
+    assert VectorIndex(conn).state().valid == (HALF_INDEX,)
+
+
+def test_memory_and_sizes_follow_the_rows_and_the_precision(db_url):
+    full = VectorLayout.wanted("float32", 768)
+    assert memory_needed_mb(HALF, 1_000_000) < memory_needed_mb(full, 1_000_000)
+    assert 2000 < memory_needed_mb(HALF, 1_000_000) < 3000  # docs/benchmarks.md: what the build took
+    conn = float32_library(db_url, 300)
+    before = VectorIndex(conn).sizes()
+    Schema(conn).migrate_vector_index("halfvec-index", 768)
+    after = VectorIndex(conn).sizes()
+    assert after.rows == before.rows == 300 and after.table == before.table
+    assert 0 < after.vector_index < before.vector_index  # half precision: a smaller graph
+    assert after.total == after.table + after.vector_index + after.other_indexes
