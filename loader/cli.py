@@ -108,10 +108,11 @@ def ensure_schema(app: Context, as_json: bool) -> None:
     """
     from .index import migrate_index
 
-    app.ensure_schema(note_pending=False)
-    with StopSignals() as signals:
-        outcome = migrate_index(app.settings, app.url, signals.event, show=not as_json, tell=_tell(as_json))
-    report = app.ensure_schema(note_pending=False)
+    with StopSignals() as signals:  # from the start: a stop between the steps is one too
+        app.ensure_schema(note_pending=False)
+        outcome = migrate_index(app.settings, app.url, signals.event, show=not as_json,
+                                tell=_tell(as_json))
+        report = app.ensure_schema(note_pending=False)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(report), "migration": outcome}))
     else:

@@ -24,26 +24,28 @@ POLL_S = 0.5  # how often the build's progress (and a stop request) is looked at
 def migrate_index(settings: Settings, url: str, stop: threading.Event, *,
                   board: Board | None = None, show: bool = True,
                   tell: Callable[[str], None] = say) -> str:
-    """Migrate the HNSW index; returns "nothing" (it was as asked), "done", or "stopped" (a stop request came first)."""
+    """Migrate the HNSW index; returns "nothing" (it was as asked), "done", or "stopped" (a
+    stop request came first)."""
     dimensions, storage = settings.expected_vector_dim, settings.embedding_storage
+    wanted = VectorLayout.wanted(storage, dimensions)
     with connect(url, settings.database_setting) as conn:
         schema = Schema(conn)
-        if not VectorIndex(conn).pending(VectorLayout.wanted(storage, dimensions)):
+        if not VectorIndex(conn).pending(wanted):
             return "nothing"
         finished = threading.Event()
         watcher = threading.Thread(target=_watch, name="index-watch", daemon=True,
                                    args=(conn, url, settings, stop, finished, board, show))
         watcher.start()
         try:
-            schema.migrate_vector_index(storage, dimensions, index_memory_mb=index_memory_mb(settings), say=tell,
-                                        cancelled=stop.is_set)
+            schema.migrate_vector_index(storage, dimensions, say=tell, cancelled=stop.is_set,
+                                        index_memory_mb=index_memory_mb(settings))
         except psycopg.errors.QueryCanceled:
             if not stop.is_set():
                 raise  # someone else's cancel (statement_timeout, an admin): a real failure
         finally:
             finished.set()
             watcher.join(timeout=10)
-    return "stopped" if stop.is_set() else "done"
+        return "stopped" if VectorIndex(conn).pending(wanted) else "done"
 
 
 def _watch(conn: psycopg.Connection, url: str, settings: Settings, stop: threading.Event,
@@ -53,10 +55,14 @@ def _watch(conn: psycopg.Connection, url: str, settings: Settings, stop: threadi
     watch: psycopg.Connection | None = None
     cancelled = False
     try:
-        while not finished.wait(POLL_S):
-            if stop.is_set() and not cancelled:
-                conn.cancel_safe()
+        while not finished.is_set():
+            # Woken at once by a stop request: a short build must not finish in the meantime.
+            if not cancelled and stop.wait(POLL_S):
+                if not finished.is_set():
+                    conn.cancel_safe()
                 cancelled = True
+            elif cancelled:
+                finished.wait(POLL_S)
             building, rows = _build_progress(watch := watch or _quiet_connect(url, settings))
             if building is None:
                 continue
