@@ -361,6 +361,8 @@ def status(app: Context, as_json: bool) -> None:
         "table_bytes": sizes.table if sizes else None,
         "vector_index_bytes": sizes.vector_index if sizes else None,
         "total_bytes": sizes.total if sizes else None,
+        "index_pending": (schema.pending(settings.embedding_storage, settings.expected_vector_dim)
+                          if exists else None),
         **counts,
     }
     if as_json:
@@ -375,6 +377,8 @@ def status(app: Context, as_json: bool) -> None:
                        ("embedded", "embedded"), ("waiting", "waiting"), ("failed", "failed"),
                        ("hidden (gone)", "hidden")):
         click.echo(f"{label + ':':<18}{shown[key] if shown[key] is not None else '-'}")
+    if info["index_pending"]:
+        click.echo(f"note: {info['index_pending']}")
 
 
 def _disk_line(sizes) -> str:

@@ -68,3 +68,36 @@ def test_a_database_stopped_during_sync_is_one_line_and_a_rerun_converges(tmp_pa
     assert again.returncode == 0, err
     summary = json.loads(out)
     assert summary["new"] + summary["unchanged"] == 80 and not summary["failed"]
+
+
+def test_status_shows_the_vector_index_its_disk_use_and_what_is_left_to_build(db_url, tmp_path):
+    from datetime import datetime, timezone
+
+    from click.testing import CliRunner
+
+    from loader.cli import main as loader_main
+    from shared.store import BulkImage, Schema, connect, copy_images
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "SUPABASE", "IMAGE"))}
+    env.update(SUPABASE_DB_URL=db_url, IMAGES_DIR=str(tmp_path), DATA_DIR=str(tmp_path / "d"),
+               EMBEDDING_STORAGE="float32")
+    runner = CliRunner()
+    assert runner.invoke(loader_main, ["ensure-schema"], env=env).exit_code == 0
+    now = datetime.now(timezone.utc)
+    with connect(db_url) as conn:
+        copy_images(conn, (BulkImage(i + 1, f"{i}.png", 4, 3, 10, f"{i:064x}", "PNG", 1, None,
+                                     np.ones(768, np.float32), "m", now, now) for i in range(20)))
+        conn.execute("ANALYZE image_embeddings")
+    found = json.loads(runner.invoke(loader_main, ["status", "--json"], env=env).stdout)
+    assert (found["embedding_storage"], found["index_pending"], found["images"]) == ("float32", None, 20)
+    assert 0 < found["vector_index_bytes"] < found["total_bytes"]
+
+    env.pop("EMBEDDING_STORAGE")  # the default, halfvec-index, is now asked for
+    shown = runner.invoke(loader_main, ["status"], env=env).stdout
+    assert "vector(768) column, float32 HNSW index" in shown and "vector index" in shown
+    assert "note: the vector index is not yet the one EMBEDDING_STORAGE=halfvec-index" in shown
+    assert runner.invoke(loader_main, ["ensure-schema"], env=env).exit_code == 0
+    shown = runner.invoke(loader_main, ["status"], env=env).stdout
+    assert "half-precision HNSW index" in shown and "note:" not in shown
+    with connect(db_url) as conn:
+        assert Schema(conn).pending("halfvec-index", 768) is None

@@ -135,3 +135,17 @@ def test_describe_never_shows_the_password(tmp_path):
     settings = Settings(images_dir=tmp_path, data_dir=tmp_path,
                         database_url="postgresql://postgres.abc:s3cret@db.example.com:6543/postgres")
     assert "s3cret" not in describe(settings) and "db.example.com:6543" in describe(settings)
+
+
+def test_an_index_build_may_take_a_quarter_of_this_machine_or_what_it_is_told(tmp_path):
+    import os
+
+    from shared.database import index_memory_mb
+
+    embedded = Settings(images_dir=tmp_path, data_dir=tmp_path)
+    quarter = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**20
+    assert index_memory_mb(embedded) == max(256, quarter)
+    remote = Settings(images_dir=tmp_path, data_dir=tmp_path, database_url="postgresql://h/db")
+    assert index_memory_mb(remote) == 1024  # its memory is not ours to know
+    told = Settings(images_dir=tmp_path, data_dir=tmp_path, index_build_memory_mb=300)
+    assert index_memory_mb(told) == 300

@@ -75,6 +75,7 @@ def test_mlx_local_reads_db_url_from_its_env_file(tmp_path, monkeypatch):
     ("BROWSE_HNSW_MAX_SCAN_TUPLES", "99"),
     ("BROWSE_UPLOAD_SLOTS", "0"), ("BROWSE_MAX_UPLOAD_PIXELS", "lots"),
     ("BROWSE_MAX_UPLOAD_PIXELS", "999999999999"), ("BROWSE_DB_WAIT_S", "0"),
+    ("INDEX_BUILD_MEMORY_MB", "32"), ("INDEX_BUILD_MEMORY_MB", "2GB"),
 ])
 def test_every_number_is_checked_at_start_with_its_name_and_range(name, value):
     with pytest.raises(SettingsError) as err:
@@ -82,6 +83,16 @@ def test_every_number_is_checked_at_start_with_its_name_and_range(name, value):
     message = str(err.value)
     assert message.startswith(name) and " from " in message and " to " in message
     assert "\n" not in message
+
+
+def test_embedding_storage_and_index_memory():
+    assert Settings.from_env({}).embedding_storage == "halfvec-index"
+    assert Settings.from_env({}).index_build_memory_mb is None  # sized by the database's host
+    chosen = Settings.from_env({"EMBEDDING_STORAGE": "float32", "INDEX_BUILD_MEMORY_MB": "4096"})
+    assert (chosen.embedding_storage, chosen.index_build_memory_mb) == ("float32", 4096)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"EMBEDDING_STORAGE": "halfvec"})
+    assert "EMBEDDING_STORAGE" in str(err.value) and "halfvec-index" in str(err.value)
 
 
 def test_web_settings_come_from_browse_variables():
@@ -122,7 +133,7 @@ BAD_SETTINGS = [
     ("BROWSE_MAX_UPLOAD_BYTES", "abc"), ("BROWSE_EMBED_TIMEOUT_S", "abc"),
     ("BROWSE_SEARCH_K", "500"),  # above BROWSE_MAX_K (200)
     ("REPLICATE_POLL_INTERVAL", "abc"), ("REPLICATE_BASE_URL", "replicate.example"),
-    ("R2_ENDPOINT_URL", "not a url"),
+    ("R2_ENDPOINT_URL", "not a url"), ("EMBEDDING_STORAGE", "fp16"),
 ]
 R2_ON = {**R2, "R2_ACCOUNT_ID": "acct"}
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"
