@@ -195,3 +195,24 @@ def test_a_broken_file_is_reported_once_not_on_every_pass(start, capsys):
         (live.images / f"fine-{i}.jpg").write_bytes(jpeg_bytes((5 + i, 5, 5)))
         wait_for(lambda: f"fine-{i}.jpg" in live.visible(), 20, "a later pass")
     assert output().count("cannot load broken.jpg") == 1, output()
+
+
+def test_the_vector_index_the_settings_ask_for_is_built_in_the_background(db_url, tmp_path,
+                                                                          tiny_clip, capsys):
+    from shared.store import ImageRecord, VectorIndex
+    from shared.store.layout import HALF_INDEX
+
+    with connect(db_url) as conn:  # a library indexed before issue 11 (float32)
+        Schema(conn).ensure(DIM, "float32")
+        Catalogue(conn).upsert_images([ImageRecord("old.jpg", 4, 3, 10, "a" * 64, "JPEG", 1, None)])
+    live = Harness(live_settings(db_url, tmp_path, tiny_clip[0]), db_url)
+    live.library.start()
+    try:
+        wait_for(lambda: VectorIndex(live.conn).state().valid == (HALF_INDEX,), 60,
+                 "the half-precision index")
+        wait_for(lambda: "index: the vector index is as EMBEDDING_STORAGE asks"
+                 in capsys.readouterr().err, 20, "the index thread to say so")
+    finally:
+        live.library.join(timeout=60)
+        live.conn.close()
+    assert all(not t.is_alive() for t in live.library._threads)
