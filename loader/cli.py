@@ -109,10 +109,10 @@ def ensure_schema(app: Context, as_json: bool) -> None:
     from .index import migrate_index
 
     with StopSignals() as signals:  # from the start: a stop between the steps is one too
-        app.ensure_schema(note_pending=False)
+        created = app.ensure_schema(note_pending=False).created
         outcome = migrate_index(app.settings, app.url, signals.event, show=not as_json,
                                 tell=_tell(as_json))
-        report = app.ensure_schema(note_pending=False)
+        report = dataclasses.replace(app.ensure_schema(note_pending=False), created=created)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(report), "migration": outcome}))
     else:

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import psycopg
 
+from .counters import COUNTS_TABLE
 from .layout import FLOAT32_INDEX, HALF_INDEX, INDEXES, VectorLayout
 
 TABLE = "image_embeddings"
@@ -102,7 +103,14 @@ class VectorIndex:
             state.invalid != () or state.valid != (wanted.index_name,))
 
     def row_estimate(self) -> int:
-        """The planner's row count (no scan); 0 for a table never analysed."""
+        """How many rows the table has, without counting them: the database's counters
+        (counters.py), else the planner's estimate (0 for a table never analysed)."""
+        if self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (COUNTS_TABLE,)).fetchone()[0]:
+            row = self.conn.execute(
+                f"SELECT images + hidden FROM {COUNTS_TABLE} WHERE scope = 'library' AND key = ''"
+            ).fetchone()
+            if row:
+                return int(row[0])
         row = self.conn.execute(
             "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
             (TABLE,)).fetchone()
