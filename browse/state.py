@@ -65,9 +65,6 @@ class Browse:
     storage: Storage
     search: Search
     board: Board | None = None  # the background work of this process (loader up), if any
-    _summary: tuple[float, Counts] | None = field(default=None, init=False, repr=False)
-    _cameras: tuple[float, list[tuple[str, int]]] | None = field(default=None, init=False,
-                                                                repr=False)
     _folders: dict[str | None, tuple[float, list[FolderRow]]] = field(
         default_factory=dict, init=False, repr=False)
     executor: ThreadPoolExecutor = field(init=False)
@@ -125,18 +122,12 @@ class Browse:
             self.pool.putconn(conn)
 
     def summary_counts(self) -> Counts:
-        """Image counts for page headers, at most `summary_ttl_s` old (the status page asks fresh)."""
-        now = time.monotonic()
-        if self._summary is None or now - self._summary[0] > self.settings.web.summary_ttl_s:
-            self._summary = (now, self.catalogue().counts())
-        return self._summary[1]
+        """Image counts for page headers (the database keeps them: one row read)."""
+        return self.catalogue().counts()
 
     def camera_list(self) -> list[tuple[str, int]]:
-        """Cameras and their photo counts for the filter form, at most `summary_ttl_s` old."""
-        now = time.monotonic()
-        if self._cameras is None or now - self._cameras[0] > self.settings.web.summary_ttl_s:
-            self._cameras = (now, self.catalogue().cameras())
-        return self._cameras[1]
+        """Cameras and their photo counts for the filter form (kept by the database too)."""
+        return self.catalogue().cameras()
 
     def folder_list(self, parent: str | None) -> list[FolderRow]:
         """The sub-folders of `parent`, at most `summary_ttl_s` old: counting them reads every

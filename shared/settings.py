@@ -76,7 +76,7 @@ class WebSettings:
     upload_slots: int = 2  # image searches at once; the others wait a second, then get a 503
     db_pool_size: int = 8
     db_wait_s: float = 2.0  # a page waits this long for the database, then answers 503
-    summary_ttl_s: float = 10.0  # the page header's counts are reused this long
+    summary_ttl_s: float = 10.0  # the folders' counts are reused this long (they are counted)
     live_poll_s: float = 3.0  # how often an open page asks whether the library changed
     # scheme://host[:port] the JSON API's URLs start with; None: URLs relative to the server.
     public_url: str | None = None
