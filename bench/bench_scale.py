@@ -354,6 +354,9 @@ def main() -> None:
                   and Catalogue(conn).counts().images == args.rows)
     if not loaded:
         save(**load(url, args.rows))
+    else:  # a table loaded by older code gets what this code's schema adds
+        with connect(url) as conn:
+            Schema(conn).ensure(DIM, build_index=False)
     for name in ("halfvec-index", "float32"):
         if name not in skip:
             save(**build(url, name, args.rows), **{f"load_after_{name}": os.getloadavg()})

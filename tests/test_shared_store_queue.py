@@ -85,3 +85,32 @@ def test_a_copy_synced_while_its_twin_is_leased_waits_for_the_twins_vector(conn)
     assert EmbeddingQueue(conn, "m").claim("w2", 10, lease_seconds=60) == []
     saved = first.save("w1", [(lead.id, np.eye(768, dtype=np.float32)[0])])
     assert sorted(saved) == ["a.png", "copy-of-a.png"]  # one prediction, the copy shares it
+
+
+def test_a_claim_walks_only_the_waiting_rows_newest_first(conn):
+    """Issue 11: with a million rows and the few waiting ones the oldest, the claim must not
+    walk every embedded row on its way to them (the partial index holds only waiting rows)."""
+    import numpy as np
+    from datetime import datetime, timedelta, timezone
+
+    from shared.store import BulkImage, copy_images
+
+    now = datetime.now(timezone.utc)
+    copy_images(conn, (BulkImage(i + 1, f"{i}.png", 4, 3, 10, f"{i:064x}", "PNG", 1, None,
+                                 None if i < 5 else np.ones(768, np.float32), None, None,
+                                 now + timedelta(seconds=i)) for i in range(2000)))
+    conn.execute("ANALYZE image_embeddings")
+
+    def walks() -> int:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        return conn.execute("""SELECT idx_scan FROM pg_stat_user_indexes
+                               WHERE indexrelname = 'image_embeddings_waiting_idx'""").fetchone()[0]
+
+    before = walks()
+    conn.execute("SET enable_seqscan = off")  # as the planner chooses on a large table
+    try:
+        claims = EmbeddingQueue(conn, "m").claim("w", 3, 60)
+    finally:
+        conn.execute("RESET enable_seqscan")
+    assert [c.filename for c in claims] == ["2.png", "3.png", "4.png"]  # the newest 3 of 5
+    assert walks() > before

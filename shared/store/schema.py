@@ -85,9 +85,12 @@ MIGRATIONS = (
     "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS missing_since timestamptz",
     "CREATE INDEX IF NOT EXISTS image_embeddings_updated_idx ON image_embeddings (updated_at)",
     *METADATA_STEPS,
-    # v5: the backfill finds who holds leases without reading every row.
+    # v5: the backfill finds who holds leases without reading every row, and claims the newest
+    # rows waiting for an embedding without walking past the embedded ones (a million rows).
     """CREATE INDEX IF NOT EXISTS image_embeddings_claimed_idx ON image_embeddings (claimed_by)
         WHERE claimed_by IS NOT NULL""",
+    """CREATE INDEX IF NOT EXISTS image_embeddings_waiting_idx
+        ON image_embeddings (created_at DESC, id DESC) WHERE embedding IS NULL""",
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
