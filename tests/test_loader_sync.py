@@ -86,6 +86,32 @@ def test_rerun_is_a_no_op(catalogue, wild_images):
     assert rows(catalogue) == before  # not even updated_at moved
 
 
+def statements_sent(conn, work) -> int:
+    """How many statements `work()` sends on `conn` (libpq's trace of what goes out)."""
+    import tempfile
+
+    from psycopg import pq
+
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            work()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t")[2] for line in trace if line.startswith("F\t")]
+    return sum(kind in ("Query", "Execute") for kind in sent)
+
+
+def test_a_no_op_rerun_is_one_query_and_one_walk_of_the_folder(catalogue, wild_images):
+    """Issue 11: at 200,000 files the no-op re-sync must not ask the database per file."""
+    sync(catalogue, wild_images)
+    reports = []
+    assert statements_sent(catalogue.conn, lambda: reports.append(sync(catalogue, wild_images))) == 1
+    assert reports[0].unchanged > 40 and reports[0].new == 0
+
+
 def test_touched_file_is_rehashed_but_not_rewritten(catalogue, tmp_path):
     images = tmp_path / "imgs"
     save_jpeg(images / "a.jpg")
