@@ -327,6 +327,72 @@ def machine() -> dict:
             "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}
 
 
+def mb(value: float) -> str:
+    return f"{value / 2**20:,.0f} MB"
+
+
+def report(r: dict) -> str:
+    """The results as docs/benchmarks.md's section."""
+    rows, m0, m1 = r["rows"], r["machine_start"], r["machine_end"]
+    lines = [
+        "## A million photos (issue 11)", "",
+        f"`.venv/bin/python bench/bench_scale.py --rows {rows}` ({m1['date']}): {m0['cpu']}, "
+        f"{m0['cores']} cores, shared with other engineers' work: load average "
+        f"{m0['load'][0]:.1f} at the start, {m1['load'][0]:.1f} at the end. Embedded PostgreSQL "
+        "18 with pgvector 0.8.5, default settings but `maintenance_work_mem` as `ensure-schema` "
+        "sets it. Rows: bench_search's clustered 768-d vectors; 1% of the rows wait for an "
+        "embedding (spread through the library); dates follow the ids; 5 cameras.", "",
+        f"Binary COPY of {rows:,} rows (50,000 per COPY, counters kept by the triggers): "
+        f"{r['copy_s']:.0f} s.", "",
+        "| index | build | maintenance_work_mem | index size |", "| --- | --- | --- | --- |",
+    ]
+    for name in LAYOUTS:
+        if f"{name}_build_s" in r:
+            lines.append(f"| {name} | {r[f'{name}_build_s'] / 60:.1f} min | "
+                         f"{r[f'{name}_memory_mb']:,} MB | {mb(r[f'{name}_index_bytes'])} |")
+    lines += ["", "Search through `Catalogue.nearest` (k = 10, 200 text-query-like vectors, "
+              "recall@10 against an exact float32 scan in numpy):", "",
+              "| index | hnsw.ef_search | recall@10 | p50 / p95, 1 thread | p50 / p95, 4 threads |",
+              "| --- | --- | --- | --- | --- |"]
+    for name in LAYOUTS:
+        for ef in EF_CHOICES:
+            if (found := r.get(f"{name}_ef{ef}")):
+                t1, t4 = found["t1"], found["t4"]
+                lines.append(f"| {name} | {ef} | {found['recall']:.3f} | {t1['p50_ms']:.1f} / "
+                             f"{t1['p95_ms']:.1f} ms | {t4['p50_ms']:.1f} / {t4['p95_ms']:.1f} ms |")
+    lines += ["", "Server time of the pages (Flask test client, no network, 60 runs each):", "",
+              "| request | p50 | p95 |", "| --- | --- | --- |"]
+    for label, t in r.get("pages", {}).items():
+        lines.append(f"| {label} | {t['p50_ms']:.1f} ms | {t['p95_ms']:.1f} ms |")
+    claim, rss = r["claim"], r["rss"]
+    lines += [
+        f"| the backfill's claim of 16 rows (1% waiting) | {claim['p50_ms']:.1f} ms | "
+        f"{claim['p95_ms']:.1f} ms |", "",
+        f"`loader status --json`, a fresh process, Python's start included: "
+        f"{r.get('loader_status_s', float('nan')):.2f} s. RSS: this process (the web app ran "
+        f"in it) {rss['bench_process_mb']:.0f} MB; the largest of {rss['postgres_processes']} "
+        f"Postgres processes {rss['postgres_largest_mb']:.0f} MB.", "",
+    ]
+    if "resync_s" in r:
+        lines += [f"No-op re-sync of {r['resync_files']:,} files (a database of its own; best "
+                  f"of 3, runs: {', '.join(f'{t:.2f}' for t in r['resync_runs_s'])} s): "
+                  f"**{r['resync_s']:.2f} s**.", ""]
+    return "\n".join(lines)
+
+
+def write_docs(section: str) -> None:
+    """Replace (or append) this section of docs/benchmarks.md, leaving the others alone."""
+    path = ROOT / "docs" / "benchmarks.md"
+    text, head = path.read_text(), section.splitlines()[0]
+    if head in text:
+        before, _, rest = text.partition(head)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -336,10 +402,14 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="Comma-separated parts to leave out: "
                         "float32, sizing, pages, resync.")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--report", action="store_true", help="Print the last run's section.")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     OUT.mkdir(parents=True, exist_ok=True)
     results_path = OUT / f"results-{args.rows}.json"
+    if args.report:
+        print(report(json.loads(results_path.read_text())))
+        return
     results = json.loads(results_path.read_text()) if args.reuse and results_path.exists() else {}
 
     def save(**found) -> None:
@@ -378,6 +448,8 @@ def main() -> None:
     if "resync" not in skip:
         save(**resync(args.sync_files, args.reuse))
     save(machine_end=machine())
+    if args.write_docs:
+        write_docs(report(results))
 
 
 if __name__ == "__main__":
