@@ -18,7 +18,7 @@ from shared.progress import Board, Progress, say
 from shared.settings import Settings
 from shared.store import DatabaseError, Schema, VectorIndex, VectorLayout, connect
 
-POLL_S = 0.5  # how often the build's progress (and a stop request) is looked at
+POLL_S = 0.2  # how often a stop request and the build's progress are looked at
 
 
 def migrate_index(settings: Settings, url: str, stop: threading.Event, *,
@@ -26,43 +26,41 @@ def migrate_index(settings: Settings, url: str, stop: threading.Event, *,
                   tell: Callable[[str], None] = say) -> str:
     """Migrate the HNSW index; returns "nothing" (it was as asked), "done", or "stopped" (a
     stop request came first)."""
-    dimensions, storage = settings.expected_vector_dim, settings.embedding_storage
-    wanted = VectorLayout.wanted(storage, dimensions)
+    wanted = VectorLayout.wanted(settings.embedding_storage, settings.expected_vector_dim)
     with connect(url, settings.database_setting) as conn:
-        schema = Schema(conn)
         if not VectorIndex(conn).pending(wanted):
             return "nothing"
-        finished = threading.Event()
-        watcher = threading.Thread(target=_watch, name="index-watch", daemon=True,
-                                   args=(conn, url, settings, stop, finished, board, show))
-        watcher.start()
-        try:
-            schema.migrate_vector_index(storage, dimensions, say=tell, cancelled=stop.is_set,
-                                        index_memory_mb=index_memory_mb(settings))
-        except psycopg.errors.QueryCanceled:
-            if not stop.is_set():
-                raise  # someone else's cancel (statement_timeout, an admin): a real failure
-        finally:
-            finished.set()
-            watcher.join(timeout=10)
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                Schema(conn).migrate_vector_index(
+                    settings.embedding_storage, settings.expected_vector_dim, say=tell,
+                    cancelled=stop.is_set, index_memory_mb=index_memory_mb(settings))
+            except BaseException as exc:  # noqa: BLE001 - raised again by the caller's thread
+                failed.append(exc)
+
+        # The statements run in a thread of their own: this one keeps waking up, so that a
+        # signal is handled (and the build cancelled) at once, not when the build is over.
+        worker = threading.Thread(target=work, name="index-build", daemon=True)
+        worker.start()
+        _follow(worker, conn, url, settings, stop, board, show)
+        if failed and not (isinstance(failed[0], psycopg.errors.QueryCanceled) and stop.is_set()):
+            raise failed[0]  # someone else's cancel (statement_timeout, an admin) included
         return "stopped" if VectorIndex(conn).pending(wanted) else "done"
 
 
-def _watch(conn: psycopg.Connection, url: str, settings: Settings, stop: threading.Event,
-           finished: threading.Event, board: Board | None, show: bool) -> None:
-    """Beside the migration: cancel its statement on a stop request; show the build's rows."""
+def _follow(worker: threading.Thread, conn: psycopg.Connection, url: str, settings: Settings,
+            stop: threading.Event, board: Board | None, show: bool) -> None:
+    """Until the migration ends: cancel its statement on a stop request; show the build's rows."""
     progress: Progress | None = None
     watch: psycopg.Connection | None = None
-    cancelled = False
     try:
-        while not finished.is_set():
-            # Woken at once by a stop request: a short build must not finish in the meantime.
-            if not cancelled and stop.wait(POLL_S):
-                if not finished.is_set():
-                    conn.cancel_safe()
-                cancelled = True
-            elif cancelled:
-                finished.wait(POLL_S)
+        while worker.is_alive():
+            worker.join(POLL_S)
+            if stop.is_set() and worker.is_alive():
+                # Again at each wake-up: a cancel that lands between two statements is lost.
+                conn.cancel_safe()
             building, rows = _build_progress(watch := watch or _quiet_connect(url, settings))
             if building is None:
                 continue
