@@ -5,19 +5,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from shared.imagefile import is_image_name
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """One candidate image on disk."""
+class LocalFile(NamedTuple):
+    """One candidate image on disk (a named tuple: a walk makes one per file, fast)."""
 
     key: str
-    path: Path
+    location: str  # its path; a Path is made only for the few files read (`path`)
     byte_size: int
     mtime_ns: int
     changed_ns: int = 0  # the last write, rename or touch (mtime or ctime): when it may be complete
+
+    @property
+    def path(self) -> Path:
+        """The file's path."""
+        return Path(self.location)
 
 
 @dataclass
@@ -71,7 +76,7 @@ def _walk(folder: Path, prefix: str, real_root: Path, result: ScanResult) -> Non
         except OSError as exc:
             result.problems.append((key, f"cannot read file: {exc.strerror}"))
             continue
-        result.files.append(LocalFile(key, Path(entry.path), stat.st_size, stat.st_mtime_ns,
+        result.files.append(LocalFile(key, entry.path, stat.st_size, stat.st_mtime_ns,
                                       max(stat.st_mtime_ns, stat.st_ctime_ns)))
 
 

@@ -87,7 +87,10 @@ class Inspection:
 
 def is_image_name(name: str) -> bool:
     """Whether a file name has an image extension (the content is checked later)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    # os.path.splitext's rule (leading dots are not a suffix), without its cost: a sync of
+    # 200,000 unchanged files asks this 200,000 times.
+    dot = name.rfind(".")
+    return dot > 0 and name[:dot].lstrip(".") != "" and name[dot:].lower() in IMAGE_SUFFIXES
 
 
 def register_decoders() -> None:

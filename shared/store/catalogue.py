@@ -61,16 +61,16 @@ class Catalogue:
 
     def known_files(self) -> dict[str, KnownFile]:
         """Every row's change markers, keyed by filename."""
-        with self.conn.cursor(row_factory=class_row(KnownFile)) as cur:
-            cur.execute(
-                """SELECT filename, byte_size, mtime_ns, sha256,
-                          thumbnail_key IS NOT NULL AS has_thumbnail,
-                          metadata_version >= %s AS has_metadata,
-                          missing_since IS NOT NULL AS missing
-                   FROM image_embeddings""",
-                (METADATA_VERSION,),
-            )
-            return {row.filename: row for row in cur}
+        rows = self.conn.execute(
+            """SELECT filename, byte_size, mtime_ns, sha256,
+                      thumbnail_key IS NOT NULL AS has_thumbnail,
+                      metadata_version >= %s AS has_metadata,
+                      missing_since IS NOT NULL AS missing
+               FROM image_embeddings""",
+            (METADATA_VERSION,), binary=True,  # binary: a million rows parse faster
+        ).fetchall()
+        # Plain tuples, then positional arguments: a row factory costs twice as much per row.
+        return {row[0]: KnownFile(*row) for row in rows}
 
     def upsert_images(self, records: Iterable[ImageRecord]) -> None:
         """Insert or update rows; a row whose content changed loses its stale embedding.

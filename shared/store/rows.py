@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from ..photo_metadata import PhotoMetadata
 
@@ -62,9 +63,9 @@ class ImageRecord:
     metadata: PhotoMetadata | None = None  # None keeps what the row has
 
 
-@dataclass(frozen=True)
-class KnownFile:
-    """What the database remembers of a file, to tell whether it changed."""
+class KnownFile(NamedTuple):
+    """What the database remembers of a file, to tell whether it changed (a named tuple: sync
+    reads one per row, a million at a time)."""
 
     filename: str
     byte_size: int | None
