@@ -328,7 +328,7 @@ def machine() -> dict:
 
 
 def mb(value: float) -> str:
-    return f"{value / 2**20:,.0f} MB"
+    return f"{value / 1e6:,.0f} MB"
 
 
 def report(r: dict) -> str:
