@@ -56,8 +56,10 @@ def test_ctrl_c_mid_build_exits_0_and_the_next_run_finishes(db_url, tmp_path):
     float32_library(db_url, 3000)
     env, conn = env_for(db_url, tmp_path), connect(db_url)
     command = [sys.executable, "-m", "loader", "ensure-schema"]
+    # As from a terminal: a shell's background job (pytest run with `&`) passes SIGINT ignored.
     child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert wait_for_the_build(conn), child.communicate(timeout=60)
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)

@@ -23,7 +23,8 @@ from .vector_index import Sizes, VectorIndex, memory_needed_mb
 
 __all__ = [
     "DEFAULT_STORAGE", "SCHEMA_VERSION", "STORAGES", "TABLE", "Sizes", "VectorIndex",
-    "VectorLayout", "memory_needed_mb", "BulkImage", "Catalogue", "Claim", "Counts", "DatabaseError",
+    "VectorLayout", "memory_needed_mb", "BulkImage", "Catalogue", "Claim", "Counts",
+    "DatabaseError",
     "DatabaseUnavailable", "EmbeddingQueue", "Filters", "FolderRow", "NO_FILTERS", "Pool",
     "PoolExhausted", "TimelineKey",
     "ImageRecord", "ImageRow", "KnownFile", "Schema", "SchemaError", "SchemaReport", "SchemaState",

@@ -197,7 +197,8 @@ class Catalogue:
         embedded, hidden, restored or deleted): the pages compare it to update themselves.
         Two index reads: the shown count (a deletion moves it) and the latest change."""
         count, changed = self.conn.execute(
-            """SELECT (SELECT images FROM image_browser_counts WHERE scope = 'library' AND key = ''),
+            """SELECT (SELECT images FROM image_browser_counts
+                       WHERE scope = 'library' AND key = ''),
                       (SELECT max(updated_at) FROM image_embeddings)"""
         ).fetchone()
         return f"{count or 0}:{changed.timestamp() if changed else 0:.6f}"

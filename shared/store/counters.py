@@ -33,8 +33,9 @@ _CREATE_TABLE = """CREATE TABLE IF NOT EXISTS image_browser_counts (
 )"""
 
 # One row per changed row, counted +1 (after) or -1 (before): {source} names where from.
-_CHANGED = """SELECT {sign} AS sign, missing_since IS NULL AS shown, embedding IS NOT NULL AS vector,
-                 last_error IS NOT NULL AS error, camera FROM {source}"""
+_CHANGED = """SELECT {sign} AS sign, missing_since IS NULL AS shown,
+                 embedding IS NOT NULL AS vector, last_error IS NOT NULL AS error, camera
+              FROM {source}"""
 
 # Adds the differences of `changed` to the counters, in key order, skipping zeros.
 _APPLY = """WITH changed AS ({changed}),

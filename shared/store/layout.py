@@ -50,7 +50,9 @@ class VectorLayout:
     @property
     def key(self) -> str:
         """SQL: what the HNSW index holds for a row, written exactly as the index is."""
-        return f"(embedding::halfvec({self.dimensions}))" if self.index == "halfvec" else "embedding"
+        if self.index == "halfvec":
+            return f"(embedding::halfvec({self.dimensions}))"
+        return "embedding"
 
     def order_by(self, param: str) -> str:
         """SQL: the distance the HNSW index sorts by (an ORDER BY the planner matches), to a
