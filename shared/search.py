@@ -26,6 +26,10 @@ from .settings import Settings
 from .store import Catalogue, Filters, ImageRow
 
 Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
+# A filter the planner estimates at more than this many times BROWSE_EXACT_SEARCH_ROWS is not
+# counted before its search: estimates of one condition are close, of combined ones off by
+# less than this factor on the benchmark's library (docs/benchmarks.md, "Filtered search").
+ESTIMATE_MARGIN = 4
 
 
 class SearchUnavailable(Exception):
@@ -213,6 +217,10 @@ class Search:
         if not filters:
             return "index"
         limit = self.exact_search_rows
+        # Counting reads up to `limit` rows (tens of ms when they lie all over the table):
+        # a filter the planner puts far above the limit goes to the index uncounted.
+        if catalogue.estimate_matching(filters) > ESTIMATE_MARGIN * max(limit, 1):
+            return "index"
         return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
 
     def _nearest(self, catalogue: Catalogue, vector: np.ndarray, k: int, exclude_id: int | None,

@@ -433,3 +433,19 @@ def fake_hub(hub_repos):
     hub = FakeHub(hub_repos).start()
     yield hub
     hub.stop()
+
+
+def statements_sent(conn, work) -> int:
+    """How many statements `work()` sends on `conn` (libpq's trace of what goes out)."""
+    from psycopg import pq
+
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            work()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t")[2] for line in trace if line.startswith("F\t")]
+    return sum(kind in ("Query", "Execute") for kind in sent)

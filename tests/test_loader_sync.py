@@ -25,7 +25,7 @@ from shared.settings import R2Settings
 from shared.storage import LocalStorage, R2Storage
 from shared.store import Catalogue, Schema, connect
 
-from conftest import make_public_bucket, wild_manifest
+from conftest import make_public_bucket, statements_sent, wild_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,24 +84,6 @@ def test_rerun_is_a_no_op(catalogue, wild_images):
     assert again.new == again.changed == again.thumbnails == 0
     assert again.unchanged == len(before)
     assert rows(catalogue) == before  # not even updated_at moved
-
-
-def statements_sent(conn, work) -> int:
-    """How many statements `work()` sends on `conn` (libpq's trace of what goes out)."""
-    import tempfile
-
-    from psycopg import pq
-
-    with tempfile.TemporaryFile("w+") as trace:
-        conn.pgconn.trace(trace.fileno())
-        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            work()
-        finally:
-            conn.pgconn.untrace()
-        trace.seek(0)
-        sent = [line.split("\t")[2] for line in trace if line.startswith("F\t")]
-    return sum(kind in ("Query", "Execute") for kind in sent)
 
 
 def test_a_no_op_rerun_is_one_query_and_one_walk_of_the_folder(catalogue, wild_images):

@@ -23,7 +23,7 @@ from shared.search import ImageNotFound, Search, SearchUnavailable, open_search
 from shared.settings import Settings
 from shared.store import BulkImage, Catalogue, Filters, Schema, connect, copy_images, open_pool
 
-from conftest import WILD
+from conftest import WILD, statements_sent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,3 +299,16 @@ def test_search_turns_on_at_runtime_from_another_thread(pg_url, tmp_path):
     assert set(answers) <= {"off", "red-bicycle-snow.jpg"}  # never a half-turned state
     assert search.off_reason is None and search.off_summary is None
     assert filenames(search.by_text("red bicycle snow", k=1)) == ["red-bicycle-snow.jpg"]
+
+
+def test_a_filter_far_above_exact_search_rows_goes_to_the_index_uncounted(big, searcher):
+    """Counting up to BROWSE_EXACT_SEARCH_ROWS rows costs tens of milliseconds on a big
+    library: a filter the planner puts far above it is not counted; one near it still is."""
+    search = searcher(exact_search_rows=500)
+    with connect(big.url) as conn:
+        catalogue = Catalogue(conn)
+        wide, near = Filters(camera="Other"), Filters(camera="Any")  # 15,800 and 2,000 rows
+        assert 10_000 < catalogue.estimate_matching(wide) < 25_000
+        assert statements_sent(conn, lambda: search._method(catalogue, wide)) == 1
+        assert statements_sent(conn, lambda: search._method(catalogue, near)) == 2
+        assert search._method(catalogue, wide) == search._method(catalogue, near) == "index"

@@ -314,6 +314,17 @@ class Catalogue:
             params, prepare=False,
         ).fetchone()[0]
 
+    def estimate_matching(self, filters: Filters | None) -> int:
+        """The planner's estimate of how many embedded rows the filters let through: no row
+        is read, and it may be off by a factor (more for combined filters)."""
+        where, params = filter_condition(filters)
+        plan = self.conn.execute(
+            f"""EXPLAIN (FORMAT JSON) SELECT 1 FROM image_embeddings
+                WHERE embedding IS NOT NULL AND {where}""",
+            params, prepare=False,
+        ).fetchone()[0]
+        return int(plan[0]["Plan"]["Plan Rows"])
+
     def embedding_of(self, image_id: int) -> np.ndarray | None:
         """The stored embedding of one image, or None when it has none (yet)."""
         row = self.conn.execute(
