@@ -41,6 +41,7 @@ from shared.settings import Settings, WebSettings  # noqa: E402
 from shared.store import (  # noqa: E402
     BulkImage, Catalogue, Filters, Schema, connect, copy_images, open_pool,
 )
+from shared.store.catalogue import FILTERED_CANDIDATES  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 DIM = 768
@@ -256,6 +257,11 @@ def measure_filter(pool, search: Search, queries: list[np.ndarray], filters: Fil
         index, t_index = timed(lambda q: catalogue.nearest(
             q, K, ef_search=search.ef_search, filters=filters,
             max_scan_tuples=search.max_scan_tuples), queries)
+        asked_k, t_asked_k = timed(lambda q: catalogue.nearest(
+            q, K, ef_search=search.ef_search, filters=filters,
+            max_scan_tuples=search.max_scan_tuples, candidates=K), queries)
+        counted, t_count = timed(
+            lambda q: catalogue.count_matching(filters, search.exact_search_rows + 1), queries[:20])
         plain, _ = timed(lambda q: catalogue.nearest(
             q, K, ef_search=search.ef_search, filters=filters, iterative_scan="off"), queries)
     app, t_app = timed(lambda q: search.by_vector(q, K, filters=filters), queries)
@@ -275,6 +281,8 @@ def measure_filter(pool, search: Search, queries: list[np.ndarray], filters: Fil
         "index": {"p50": pct(t_index, 50), "p95": pct(t_index, 95), "recall": recall(index),
                   "recall_inside": recall(index, slice(0, None, 2)),
                   "recall_outside": recall(index, slice(1, None, 2)), "min_rows": rows(index)},
+        "index_asked_k": {"p50": pct(t_asked_k, 50), "recall": recall(asked_k)},
+        "count": {"p50": pct(t_count, 50)},
         "no_iterative": {"recall": recall(plain), "min_rows": rows(plain)},
         "app": {"p50": pct(t_app, 50), "p95": pct(t_app, 95), "recall": recall(app), "min_rows": rows(app)},
     }
@@ -429,6 +437,13 @@ def markdown(rows: int, results: dict, pages: dict) -> str:
             f"{i['recall']:.3f} ({i['recall_inside']:.3f} / {i['recall_outside']:.3f}) | "
             f"{n['recall']:.3f}, {n['min_rows']} | {a['p50']:.1f} / {a['p95']:.1f} ms | "
             f"{a['recall']:.3f} | {a['min_rows']} |")
+    lines += ["", "| filter | index asked for k = 10 rows: p50, recall@10 | index asked for "
+              f"{FILTERED_CANDIDATES} (the app's): p50, recall@10 | counting (the cap): p50 |",
+              "| --- | --- | --- | --- |"]
+    for label, r in results.items():
+        k, i = r["index_asked_k"], r["index"]
+        lines.append(f"| {label} | {k['p50']:.1f} ms, {k['recall']:.3f} | {i['p50']:.1f} ms, "
+                     f"{i['recall']:.3f} | {r['count']['p50']:.1f} ms |")
     lines += ["", "| request | p50 | p95 |", "| --- | --- | --- |"]
     for label, t in pages.items():
         if "total_s" in t:

@@ -28,7 +28,7 @@ from .store import Catalogue, Filters, ImageRow
 Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
 # A filter the planner estimates at more than this many times BROWSE_EXACT_SEARCH_ROWS is not
 # counted before its search: estimates of one condition are close, of combined ones off by
-# less than this factor on the benchmark's library (docs/benchmarks.md, "Filtered search").
+# less than this factor on the benchmark's library (docs/benchmarks.md, issue 10's re-run).
 ESTIMATE_MARGIN = 4
 
 

@@ -46,8 +46,8 @@ class FolderRow:
 PGVECTOR_MAX_EF_SEARCH = 1000  # pgvector refuses more
 # A filtered walk of the graph (iterative scan) stops as soon as enough rows pass the filter,
 # so the first ones it meets win even when nearer ones lie a step further. Asking it for this
-# many and keeping the best k raised filtered recall@10 from 0.79 to 0.89 (ef_search 100) on
-# the 100,000-photo benchmark for about 1.8x the time (docs/benchmarks.md, "Filtered search").
+# many and keeping the best k raised filtered recall@10 by 0.01-0.15 (to 0.85-0.97) on the
+# 100,000-photo benchmark, for 1.2-3.2x the time (docs/benchmarks.md, issue 10's re-run).
 FILTERED_CANDIDATES = 40
 
 
@@ -338,7 +338,7 @@ class Catalogue:
         self, vector: np.ndarray, k: int, *, ef_search: int, exclude_id: int | None = None,
         filters: Filters | None = None, exact: bool = False, max_scan_tuples: int = 20_000,
         iterative_scan: str = "relaxed_order", timeout_ms: int = 10_000,
-        layout: VectorLayout | None = None,
+        layout: VectorLayout | None = None, candidates: int = FILTERED_CANDIDATES,
     ) -> list[tuple[ImageRow, float]]:
         """The `k` rows closest to `vector` by cosine distance among those the filters let
         through, with their distances, nearest first.
@@ -350,11 +350,12 @@ class Catalogue:
         the reference recall is measured against). `iterative_scan` is pgvector's mode:
         relaxed_order (re-sorted here), strict_order, or off (for measuring what it saves).
         `layout` says which index there is to walk (read from the catalog when not given);
-        the distances returned are at the column's precision, whatever the index holds.
+        the distances returned are at the column's precision, whatever the index holds. A
+        filtered walk of the index is asked for `candidates` rows, the best k kept.
         """
         want = k + (1 if exclude_id is not None else 0)
         if filters and not exact:
-            want = max(want, FILTERED_CANDIDATES)
+            want = max(want, candidates)
         query, params = self._nearest_query(vector, want, filters, exact, layout)
         with self.conn.transaction():
             self._search_settings(ef_search, want, iterative_scan, max_scan_tuples, exact,
