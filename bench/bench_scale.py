@@ -38,7 +38,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "mlx-local"), str(ROOT / "bench")]
 
-from bench_search import DIM, FixedEmbedder, cluster_basis, query_vectors, sample_clustered  # noqa: E402
+from bench_search import (  # noqa: E402
+    DIM, FixedEmbedder, cluster_basis, query_vectors, sample_clustered, write_docs,
+)
 
 from shared.database import start_embedded  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -378,19 +380,6 @@ def report(r: dict) -> str:
                   f"of 3, runs: {', '.join(f'{t:.2f}' for t in r['resync_runs_s'])} s): "
                   f"**{r['resync_s']:.2f} s**.", ""]
     return "\n".join(lines)
-
-
-def write_docs(section: str) -> None:
-    """Replace (or append) this section of docs/benchmarks.md, leaving the others alone."""
-    path = ROOT / "docs" / "benchmarks.md"
-    text, head = path.read_text(), section.splitlines()[0]
-    if head in text:
-        before, _, rest = text.partition(head)
-        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:

@@ -336,10 +336,11 @@ def report(args, load_t, recalls, lat, pages, screen, chosen) -> str:
 
 
 def write_docs(section: str) -> None:
-    """Replace (or append) this section of docs/benchmarks.md, leaving the others alone."""
+    """Replace (or append) the section of docs/benchmarks.md that `section`'s first line heads,
+    leaving the others alone (bench_scale.py writes its own through this too)."""
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    head = "## browse (issue 4)"
+    head = section.splitlines()[0]
     if head in text:
         before, _, rest = text.partition(head)
         after = rest[rest.find("\n## "):] if "\n## " in rest else ""

@@ -449,3 +449,32 @@ def statements_sent(conn, work) -> int:
         trace.seek(0)
         sent = [line.split("\t")[2] for line in trace if line.startswith("F\t")]
     return sum(kind in ("Query", "Execute") for kind in sent)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an init that does not reap would keep those)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def run_in_threads(work, count: int, timeout: float = 120.0) -> list[BaseException]:
+    """work(n) for n in range(count), each on a thread of its own, all at once; what they
+    raised (a thread still running after `timeout` s counts as a TimeoutError)."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    errors += [TimeoutError(f"{t.name} still running") for t in threads if t.is_alive()]
+    return errors

@@ -25,7 +25,7 @@ from shared.settings import R2Settings
 from shared.storage import LocalStorage, R2Storage
 from shared.store import Catalogue, Schema, connect
 
-from conftest import make_public_bucket, statements_sent, wild_manifest
+from conftest import make_public_bucket, running, statements_sent, wild_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -717,15 +717,6 @@ def children_of(pid: int) -> set[int]:
         except OSError:
             pass
     return found
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie waiting for a parent that does not reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")

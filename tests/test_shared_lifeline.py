@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import running
 
 ROOT = Path(__file__).resolve().parents[1]
 PARENT = """
@@ -26,15 +27,6 @@ with ProcessPoolExecutor(2, initializer=exit_with_parent, initargs=(0.1,)) as po
     print(*set(pool.map(pid_after_a_while, range(2))), flush=True)
     time.sleep(600)
 """
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an init that does not reap would keep those)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")

@@ -3,11 +3,10 @@ kind of write, without a page counting the rows."""
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
 
 import numpy as np
-from conftest import counts_of_rows
+from conftest import counts_of_rows, run_in_threads
 
 from shared.photo_metadata import PhotoMetadata
 from shared.store import (BulkImage, Catalogue, EmbeddingQueue, ImageRecord, Schema, connect,
@@ -80,27 +79,17 @@ def test_ensure_counts_a_table_written_while_the_triggers_were_missing(db_url, c
 def test_writers_at_once_on_many_connections_keep_the_counts_true(db_url, conn, counts_stay_true):
     """Sync-like inserts, hides and embeds from four connections at once: no deadlock, no lost
     update (each counter row is updated in key order at each statement's end)."""
-    errors: list[BaseException] = []
-
     def writer(n: int) -> None:
-        try:
-            with connect(db_url) as own:
-                catalogue, queue = Catalogue(own), EmbeddingQueue(own, "m")
-                for step in range(8):
-                    names = [f"w{n}/{step}-{i}.png" for i in range(4)]
-                    catalogue.upsert_images([record(name, f"{n}{step}{i}".ljust(64, "0"),
-                                                    f"Cam {i}") for i, name in enumerate(names)])
-                    catalogue.hide(names[:1])
-                    for claim in queue.claim(f"w{n}", 2, 60):
-                        queue.save(f"w{n}", [(claim.id, np.ones(768, np.float32))])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with connect(db_url) as own:
+            catalogue, queue = Catalogue(own), EmbeddingQueue(own, "m")
+            for step in range(8):
+                names = [f"w{n}/{step}-{i}.png" for i in range(4)]
+                catalogue.upsert_images([record(name, f"{n}{step}{i}".ljust(64, "0"),
+                                                f"Cam {i}") for i, name in enumerate(names)])
+                catalogue.hide(names[:1])
+                for claim in queue.claim(f"w{n}", 2, 60):
+                    queue.save(f"w{n}", [(claim.id, np.ones(768, np.float32))])
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors and not any(t.is_alive() for t in threads)
+    assert run_in_threads(writer, 4) == []
     assert counts_stay_true(conn)["images"] == 4 * 8 * 3
     assert counts_of_rows(conn)["hidden"] == 4 * 8

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import numpy as np
 import psycopg
 import pytest
+from conftest import run_in_threads
 
 from shared.store import (BulkImage, Catalogue, Schema, VectorIndex, VectorLayout, connect,
                           copy_images, memory_needed_mb)
@@ -104,23 +105,15 @@ def test_an_interrupted_build_leaves_search_on_the_old_index_and_the_next_run_fi
 def test_two_migrations_at_once_build_the_index_once(db_url):
     float32_library(db_url, 300)
     said: list[list[str]] = [[], []]
-    errors: list[BaseException] = []
 
     def migrate(n: int) -> None:
-        try:
-            with connect(db_url) as own:
-                Schema(own).migrate_vector_index("halfvec-index", 768, say=said[n].append)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with connect(db_url) as own:
+            Schema(own).migrate_vector_index("halfvec-index", 768, say=said[n].append)
 
-    threads = [threading.Thread(target=migrate, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
+    assert run_in_threads(migrate, 2) == []
     assert sum(line.startswith("building") for lines in said for line in lines) == 1
-    assert VectorIndex(connect(db_url)).state().valid == (HALF_INDEX,)
+    with connect(db_url) as conn:
+        assert VectorIndex(conn).state().valid == (HALF_INDEX,)
 
 
 def test_a_build_short_of_memory_says_what_to_allow(db_url):

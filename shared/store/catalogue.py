@@ -382,8 +382,6 @@ class Catalogue:
     def _nearest_query(self, vector: np.ndarray, want: int, filters: Filters | None,
                        exact: bool, layout: VectorLayout | None) -> tuple[str, dict]:
         """The SQL of `nearest`: its ORDER BY is the index's own expression (`layout.key`)."""
-        # Without a table the query fails as any other read would (UndefinedTable).
-        layout = layout or VectorIndex(self.conn).layout() or VectorLayout(None, 0)
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
         distance = "embedding <=> %(q)s"  # at the column's precision, whatever the index holds
@@ -395,6 +393,9 @@ class Catalogue:
                         FROM (SELECT id, distance FROM scanned ORDER BY distance, id
                               LIMIT %(want)s) AS nearest
                         JOIN image_embeddings USING (id)""", params
+        # Only a walk of the index needs to know which one there is. Without a table the query
+        # fails as any other read would (UndefinedTable).
+        layout = layout or VectorIndex(self.conn).layout() or VectorLayout(None, 0)
         return f"""SELECT {IMAGE_COLUMNS}, {distance} AS distance
                    FROM image_embeddings WHERE embedding IS NOT NULL AND {where}
                    ORDER BY {layout.order_by("%(q)s")} LIMIT %(want)s""", params
