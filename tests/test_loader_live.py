@@ -53,6 +53,11 @@ class Harness:
         """The rows the pages show, by file name."""
         return {row.filename: row for row in Catalogue(self.conn).list_images(200)}
 
+    def embedded(self, *names: str) -> bool:
+        """Whether exactly these photos are shown and embedded, from one read of the rows."""
+        rows = self.visible()
+        return set(rows) == set(names) and all(row.embedded for row in rows.values())
+
     def embedding(self, name: str) -> tuple[np.ndarray | None, object]:
         vector, at = self.conn.execute(
             "SELECT embedding, embedded_at FROM image_embeddings WHERE filename = %s", (name,)
@@ -105,9 +110,9 @@ def test_a_removed_photo_is_hidden_and_comes_back_with_its_embedding(start, tmp_
     live = start()
     for name, colour in (("keep.jpg", (10, 200, 10)), ("away.jpg", (10, 10, 200))):
         (live.images / name).write_bytes(jpeg_bytes(colour))
-    wait_for(lambda: all(r.embedded for r in live.visible().values()) and len(live.visible()) == 2,
-             60, "both photos embedded")
+    wait_for(lambda: live.embedded("keep.jpg", "away.jpg"), 60, "both photos embedded")
     vector, embedded_at = live.embedding("away.jpg")
+    assert vector is not None
 
     (live.images / "away.jpg").rename(tmp_path / "away.jpg")  # an unplugged drive, say
     wait_for(lambda: "away.jpg" not in live.visible(), 20, "the photo to disappear")
@@ -125,13 +130,12 @@ def test_a_removed_photo_is_hidden_and_comes_back_with_its_embedding(start, tmp_
 def test_a_moved_photo_keeps_its_vector_without_a_model_call(start, capsys):
     live = start()
     (live.images / "here.jpg").write_bytes(jpeg_bytes((120, 60, 30)))
-    wait_for(lambda: live.visible().get("here.jpg") and live.visible()["here.jpg"].embedded,
-             60, "the photo embedded")
+    wait_for(lambda: live.embedded("here.jpg"), 60, "the photo embedded")
     vector, _ = live.embedding("here.jpg")
     (live.images / "album").mkdir()
     (live.images / "here.jpg").rename(live.images / "album" / "there.jpg")
     wait_for(lambda: set(live.visible()) == {"album/there.jpg"}, 20, "the move")
-    wait_for(lambda: live.visible()["album/there.jpg"].embedded, 20, "the vector to follow")
+    wait_for(lambda: live.embedded("album/there.jpg"), 20, "the vector to follow")
     np.testing.assert_array_equal(live.embedding("album/there.jpg")[0], vector)
     seen: list[str] = []
     wait_for(lambda: seen.append(capsys.readouterr().err) or "embed: 0 embedded, 1 shared with "
