@@ -394,6 +394,9 @@ def main() -> None:
     timings_file = OUT / f"filtered-load-{args.rows}.json"
     if args.reuse and timings_file.exists():
         load_t = json.loads(timings_file.read_text())
+        with connect(url) as conn:  # an index of an older version is rebuilt, as ensure-schema does
+            Schema(conn).migrate_vector_index("halfvec-index", DIM, index_memory_mb=2048,
+                                              say=lambda line: print(line, flush=True))
     else:
         load_t = load(url, photos, vectors)
         timings_file.write_text(json.dumps(load_t))

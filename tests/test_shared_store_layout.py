@@ -3,7 +3,7 @@
 import pytest
 
 from shared.settings import EMBEDDING_STORAGES
-from shared.store.layout import FLOAT32_INDEX, HALF_INDEX, STORAGES, VectorLayout
+from shared.store.layout import FLOAT32_INDEX, GRAPH, HALF_INDEX, STORAGES, GraphOptions, VectorLayout
 
 
 def test_the_half_precision_index_is_sorted_by_its_own_expression():
@@ -28,3 +28,13 @@ def test_no_index_and_unknown_storages():
     with pytest.raises(ValueError):
         VectorLayout.wanted("halfvec", 768)
     assert STORAGES == EMBEDDING_STORAGES  # the setting's choices are the store's
+
+
+def test_the_graph_options_are_built_and_read_back():
+    half = VectorLayout.wanted("halfvec-index", 768)
+    assert half.index_sql(False).endswith(
+        f"WITH (m = {GRAPH.m}, ef_construction = {GRAPH.ef_construction})")
+    assert f"{HALF_INDEX}_rebuild ON" in half.index_sql(True, rebuild=True)
+    assert GraphOptions.from_reloptions(None) == GraphOptions(16, 64)  # pgvector's defaults
+    assert GraphOptions.from_reloptions(["ef_construction=200"]) == GraphOptions(16, 200)
+    assert GraphOptions.from_reloptions(["m=24", "ef_construction=96"]) == GraphOptions(24, 96)

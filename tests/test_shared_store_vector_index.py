@@ -14,23 +14,40 @@ from conftest import run_in_threads
 
 from shared.store import (BulkImage, Catalogue, Schema, VectorIndex, VectorLayout, connect,
                           copy_images, memory_needed_mb)
-from shared.store.layout import FLOAT32_INDEX, HALF_INDEX
+from shared.store.layout import FLOAT32_INDEX, GRAPH, HALF_INDEX, REBUILD_SUFFIX, GraphOptions
 
 HALF = VectorLayout.wanted("halfvec-index", 768)
 
 
-def float32_library(db_url: str, rows: int) -> psycopg.Connection:
-    """A library as Image Browser left it before issue 11: a float32 HNSW index."""
+def library(db_url: str, rows: int, storage: str) -> psycopg.Connection:
+    """A library of `rows` random embeddings with no HNSW index."""
     conn = connect(db_url)
     schema = Schema(conn)
-    schema.ensure(768, "float32")
+    schema.ensure(768, storage)
     schema.drop_vector_index()
     vectors = np.random.default_rng(4).standard_normal((rows, 768)).astype(np.float32)
     now = datetime.now(timezone.utc)
     copy_images(conn, (BulkImage(i + 1, f"{i}.png", 4, 3, 10, f"{i:064x}", "PNG", 1, None, v, "m",
                                  now, now) for i, v in enumerate(vectors)))
-    schema.build_vector_index("64MB", storage="float32")
     return conn
+
+
+def float32_library(db_url: str, rows: int) -> psycopg.Connection:
+    """A library as Image Browser left it before issue 11: a float32 HNSW index."""
+    conn = library(db_url, rows, "float32")
+    Schema(conn).build_vector_index("64MB", storage="float32")
+    return conn
+
+
+def default_graph_library(db_url: str, rows: int) -> psycopg.Connection:
+    """A library as the first half-precision version left it: pgvector's default graph."""
+    conn = library(db_url, rows, "halfvec-index")
+    conn.execute(HALF.index_sql(False, graph=GraphOptions()))
+    return conn
+
+
+def graph_of(conn: psycopg.Connection, name: str = HALF_INDEX) -> GraphOptions | None:
+    return VectorIndex(conn).state().graphs.get(name)
 
 
 def test_an_empty_table_gets_the_chosen_index_at_once(db_url):
@@ -136,3 +153,73 @@ def test_memory_and_sizes_follow_the_rows_and_the_precision(db_url):
     assert after.rows == before.rows == 300 and after.table == before.table
     assert 0 < after.vector_index < before.vector_index  # half precision: a smaller graph
     assert after.total == after.table + after.vector_index + after.other_indexes
+
+
+def test_an_index_built_with_the_default_graph_is_rebuilt_with_search_going_on(db_url):
+    conn = default_graph_library(db_url, 300)
+    assert graph_of(conn) == GraphOptions(16, 64) != GRAPH
+    assert "ensure-schema" in Schema(conn).ensure(768, build_index=False).pending
+    watcher, seen, searches = connect(db_url), [], []
+    done = threading.Event()
+
+    def say(line: str) -> None:
+        seen.append((line.split()[0], VectorIndex(watcher).state().valid))
+
+    def search() -> None:
+        with connect(db_url) as own:
+            while not done.is_set():
+                searches.append(len(Catalogue(own).nearest(np.ones(768, np.float32), 5,
+                                                           ef_search=40)))
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        Schema(conn).migrate_vector_index("halfvec-index", 768, say=say)
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    rebuilt = HALF_INDEX + REBUILD_SUFFIX
+    assert seen == [("rebuilding", (HALF_INDEX,)), ("dropping", (HALF_INDEX, rebuilt))]
+    assert VectorIndex(conn).state().valid == (HALF_INDEX,) and graph_of(conn) == GRAPH
+    assert searches and set(searches) == {5}
+    assert Schema(conn).ensure(768, build_index=False).pending is None
+
+
+@pytest.mark.parametrize("stopped_after", ["the build", "the drop"])
+def test_a_rebuild_stopped_between_its_steps_is_finished_without_building_again(db_url,
+                                                                                 stopped_after):
+    conn = default_graph_library(db_url, 300)
+    conn.execute(HALF.index_sql(False, rebuild=True))  # the new graph, under the rebuild name
+    if stopped_after == "the drop":
+        conn.execute(f"DROP INDEX {HALF_INDEX}")
+    assert VectorIndex(conn).layout().index == "halfvec"  # search goes on meanwhile
+    said: list[str] = []
+    Schema(conn).migrate_vector_index("halfvec-index", 768, say=said.append)
+    assert not any(line.startswith(("building", "rebuilding")) for line in said)
+    assert VectorIndex(conn).state().valid == (HALF_INDEX,) and graph_of(conn) == GRAPH
+
+
+def test_a_cancelled_rebuild_leaves_the_old_graph_in_use_and_the_next_run_finishes(db_url):
+    conn = default_graph_library(db_url, 2000)
+    cancelled: list = []
+    canceller = threading.Thread(target=cancel_the_build, args=(db_url, cancelled))
+    canceller.start()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        Schema(conn).migrate_vector_index("halfvec-index", 768)
+    canceller.join(timeout=60)
+    assert cancelled == [True]
+    state = VectorIndex(conn).state()
+    assert state.valid == (HALF_INDEX,) and state.invalid == (HALF_INDEX + REBUILD_SUFFIX,)
+    Schema(conn).migrate_vector_index("halfvec-index", 768)
+    state = VectorIndex(conn).state()
+    assert state.valid == (HALF_INDEX,) and state.invalid == () and graph_of(conn) == GRAPH
+
+
+def test_an_empty_table_gets_the_new_graph_at_once(db_url):
+    conn = connect(db_url)
+    Schema(conn).ensure(768)
+    conn.execute(f"DROP INDEX {HALF_INDEX}")
+    conn.execute(HALF.index_sql(False, graph=GraphOptions()))
+    assert graph_of(conn) == GraphOptions()
+    assert Schema(conn).ensure(768, build_index=False).pending is None
+    assert graph_of(conn) == GRAPH

@@ -10,6 +10,10 @@ Two choices (`EMBEDDING_STORAGE`), measured in docs/benchmarks.md ("A million ph
 The planner walks an expression index only when the query's ORDER BY is the same expression,
 typmod included: `embedding::halfvec(768)`, never `embedding::halfvec`. Every query that sorts
 by distance takes its ORDER BY from `VectorLayout.order_by`.
+
+How well the graph is connected (`GraphOptions`) is fixed by the build: `GRAPH` is what this
+version builds, and an index built with other options is rebuilt by the index migration
+(vector_index.py) under `REBUILD_SUFFIX`, then renamed, search going on meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +24,46 @@ STORAGES = ("halfvec-index", "float32")
 DEFAULT_STORAGE = "halfvec-index"
 FLOAT32_INDEX = "image_embeddings_embedding_hnsw"
 HALF_INDEX = "image_embeddings_embedding_half_hnsw"
-INDEXES = (FLOAT32_INDEX, HALF_INDEX)
+REBUILD_SUFFIX = "_rebuild"  # a replacement built beside the index it replaces
+INDEXES = (FLOAT32_INDEX, HALF_INDEX, FLOAT32_INDEX + REBUILD_SUFFIX, HALF_INDEX + REBUILD_SUFFIX)
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How the HNSW graph is built: `m` links per node on each layer (twice that on the
+    bottom one) and `ef_construction` candidates weighed for each new node's links. More
+    candidates give a better-connected graph (higher recall at the same ef_search, the same
+    size) for a longer build; a larger m also gives a larger index."""
+
+    m: int = 16
+    ef_construction: int = 64  # pgvector's defaults: what an index without options has
+
+    @classmethod
+    def from_reloptions(cls, options: list[str] | None) -> GraphOptions:
+        """The options of an index as pg_class.reloptions lists them ("m=16", ...)."""
+        given = dict(option.split("=", 1) for option in options or ())
+        default = cls()
+        return cls(int(given.get("m", default.m)),
+                   int(given.get("ef_construction", default.ef_construction)))
+
+    def sql(self) -> str:
+        """SQL: the WITH clause of CREATE INDEX."""
+        return f"WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})"
+
+    def describe(self) -> str:
+        return f"m {self.m}, ef_construction {self.ef_construction}"
+
+
+# What this version builds. At 1,000,000 rows (docs/benchmarks.md, "A million photos") and in
+# filtered search at 100,000 (issue 10), pgvector's default ef_construction of 64 leaves whole
+# queries in the wrong part of the graph; 200 lifts recall at the same ef_search and the same
+# index size, for a build about three times as long.
+GRAPH = GraphOptions(m=16, ef_construction=200)
+
+
+def index_kind(name: str) -> str:
+    """"halfvec" or "float32": what one of our index names holds (the rebuild's too)."""
+    return "halfvec" if name.startswith(HALF_INDEX) else "float32"
 
 
 @dataclass(frozen=True)
@@ -61,14 +104,17 @@ class VectorLayout:
             return f"{self.key} <=> {param}::halfvec({self.dimensions})"
         return f"embedding <=> {param}"
 
-    def index_sql(self, concurrently: bool) -> str:
-        """The CREATE INDEX statement of this layout's HNSW index."""
+    def index_sql(self, concurrently: bool, *, rebuild: bool = False,
+                  graph: GraphOptions = GRAPH) -> str:
+        """The CREATE INDEX statement of this layout's HNSW index (under its rebuild name
+        with `rebuild`)."""
         if self.index is None:
             raise ValueError("this layout has no index")
         ops = "vector_cosine_ops" if self.index == "float32" else "halfvec_cosine_ops"
         how = "CONCURRENTLY " if concurrently else ""
-        return (f"CREATE INDEX {how}IF NOT EXISTS {self.index_name} "
-                f"ON image_embeddings USING hnsw ({self.key} {ops})")
+        name = self.index_name + (REBUILD_SUFFIX if rebuild else "")
+        return (f"CREATE INDEX {how}IF NOT EXISTS {name} "
+                f"ON image_embeddings USING hnsw ({self.key} {ops}) {graph.sql()}")
 
     def describe(self) -> str:
         """A few words for people: what the index holds."""

@@ -4,19 +4,24 @@ Replacing the index of a library in use builds the new one first, with CREATE IN
 CONCURRENTLY (writes go on), and drops the old one only once the new one is valid, so search
 keeps working throughout. A build that is stopped (Ctrl-C, a crash, a lost connection) leaves
 an *invalid* index behind: the next migration drops it and builds again.
+
+An index of the wanted kind built with other graph options (`GRAPH`, layout.py) is replaced
+the same way: the new one is built under the rebuild name, the old one dropped, the new one
+renamed. Each step is seen in the catalog, so a migration stopped between two of them is
+finished by the next.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import psycopg
 
 from .counters import COUNTS_TABLE
-from .layout import FLOAT32_INDEX, HALF_INDEX, INDEXES, VectorLayout
+from .layout import GRAPH, INDEXES, REBUILD_SUFFIX, GraphOptions, VectorLayout, index_kind
 
 TABLE = "image_embeddings"
 
@@ -36,14 +41,21 @@ class IndexState:
     dimensions: int | None  # None when there is no table
     valid: tuple[str, ...]  # names of our valid HNSW indexes
     invalid: tuple[str, ...]  # left behind by a stopped CREATE INDEX CONCURRENTLY
+    graphs: dict[str, GraphOptions] = field(default_factory=dict)  # of the valid ones
 
     def layout(self) -> VectorLayout | None:
         """What searches use now: the half-precision index when valid, else the float32 one."""
         if self.dimensions is None:
             return None
-        index = ("halfvec" if HALF_INDEX in self.valid
-                 else "float32" if FLOAT32_INDEX in self.valid else None)
+        kinds = {index_kind(name) for name in self.valid}
+        index = "halfvec" if "halfvec" in kinds else "float32" if "float32" in kinds else None
         return VectorLayout(index, self.dimensions)
+
+    def finished(self, wanted: VectorLayout) -> str | None:
+        """A valid index of ours that is already what `wanted` asks for, graph included (the
+        proper name first)."""
+        return next((name for name in sorted(self.valid) if index_kind(name) == wanted.index
+                     and self.graphs.get(name) == GRAPH), None)
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,11 @@ class VectorIndex:
                               AND i.indisvalid ORDER BY 1),
                       ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                             WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)
-                              AND NOT i.indisvalid ORDER BY 1)
+                              AND NOT i.indisvalid ORDER BY 1),
+                      ARRAY(SELECT array_to_string(c.reloptions, ',')
+                            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                            WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)
+                              AND i.indisvalid ORDER BY c.relname)
                FROM pg_attribute a
                WHERE a.attrelid = to_regclass(%(table)s) AND a.attname = 'embedding'
                  AND NOT a.attisdropped""",
@@ -90,7 +106,9 @@ class VectorIndex:
         ).fetchone()
         if row is None:
             return IndexState(None, (), ())
-        return IndexState(vector_width(row[0]), tuple(row[1]), tuple(row[2]))
+        graphs = {name: GraphOptions.from_reloptions(options.split(",") if options else None)
+                  for name, options in zip(row[1], row[3])}
+        return IndexState(vector_width(row[0]), tuple(row[1]), tuple(row[2]), graphs)
 
     def layout(self) -> VectorLayout | None:
         """The layout searches must use now (None when there is no table)."""
@@ -100,7 +118,8 @@ class VectorIndex:
         """Whether `migrate` has anything to do to reach `wanted`."""
         state = self.state()
         return state.dimensions is not None and (
-            state.invalid != () or state.valid != (wanted.index_name,))
+            state.invalid != () or state.valid != (wanted.index_name,)
+            or state.finished(wanted) != wanted.index_name)
 
     def row_estimate(self) -> int:
         """How many rows the table has, without counting them: the database's counters
@@ -119,9 +138,11 @@ class VectorIndex:
     def migrate(self, wanted: VectorLayout, memory_mb: int,
                 say: Callable[[str], None] = lambda _: None,
                 cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Reach `wanted`: drop what a stopped build left, build the wanted index concurrently,
-        then drop the other one. Each step is idempotent and `cancelled` is asked before each:
-        a stopped migration is finished by the next call. Must run outside a transaction."""
+        """Reach `wanted`: drop what a stopped build left, build the wanted index concurrently
+        (under the rebuild name when an index of that name is there with another graph), drop
+        the others, give the new one its name. Each step is idempotent and `cancelled` is asked
+        before each: a stopped migration is finished by the next call. Must run outside a
+        transaction."""
         with self._migration_lock(say, cancelled) as locked:
             if not locked:
                 return
@@ -130,15 +151,34 @@ class VectorIndex:
                 self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             if cancelled():
                 return
-            if wanted.index_name not in self.state().valid:
-                say(f"building the {wanted.describe().split(', ')[1]} over about "
-                    f"{self.row_estimate():,} rows (maintenance_work_mem {memory_mb:,} MB); "
-                    "search uses the current index meanwhile")
-                self._build(wanted, memory_mb, concurrently=True)
+            state = self.state()
+            target = state.finished(wanted)
+            if target is None:
+                rebuild = wanted.index_name in state.valid
+                what = wanted.describe().split(", ")[1]
+                if rebuild:
+                    old = state.graphs[wanted.index_name].describe()
+                    say(f"rebuilding the {what} with a better-connected graph ({GRAPH.describe()};"
+                        f" it has {old}) over about {self.row_estimate():,} rows "
+                        f"(maintenance_work_mem {memory_mb:,} MB); search uses the current "
+                        "index meanwhile")
+                else:
+                    say(f"building the {what} over about {self.row_estimate():,} rows "
+                        f"(maintenance_work_mem {memory_mb:,} MB); search uses the current "
+                        "index meanwhile")
+                stale = wanted.index_name + REBUILD_SUFFIX
+                if rebuild and stale in state.valid:  # a rebuild with yet other options
+                    self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {stale}")
+                self._build(wanted, memory_mb, concurrently=True, rebuild=rebuild)
+                target = self.state().finished(wanted)
+                if target is None:  # not there after all: keep what search uses
+                    return
             for name in self.state().valid:
-                if name != wanted.index_name and not cancelled():
+                if name != target and not cancelled():
                     say(f"dropping the index it replaces, {name}")
                     self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            if target != wanted.index_name and not cancelled():
+                self.conn.execute(f"ALTER INDEX {target} RENAME TO {wanted.index_name}")
 
     def build(self, wanted: VectorLayout, memory_mb: int) -> None:
         """Build the wanted index in one statement (after a bulk load: writes wait, reads go
@@ -148,10 +188,10 @@ class VectorIndex:
 
     def drop_all(self, keep: str | None = None) -> None:
         """Drop every HNSW index of ours but `keep` (before a bulk load: building afterwards
-        is faster), and an invalid `keep` too."""
+        is faster), and `keep` too when it is invalid or built with another graph."""
         state = self.state()
         for name in INDEXES:
-            if name != keep or name in state.invalid:
+            if name != keep or name in state.invalid or state.graphs.get(name) != GRAPH:
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")
 
     def build_progress(self) -> tuple[str, int] | None:
@@ -177,12 +217,13 @@ class VectorIndex:
         ).fetchone()
         return Sizes(*(int(v) for v in row)) if row else Sizes(0, 0, 0, 0)
 
-    def _build(self, target: VectorLayout, memory_mb: int, concurrently: bool) -> None:
+    def _build(self, target: VectorLayout, memory_mb: int, concurrently: bool,
+               rebuild: bool = False) -> None:
         # Session-level: CREATE INDEX CONCURRENTLY cannot run inside a transaction.
         self.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)",
                           (f"{int(memory_mb)}MB",))
         try:
-            self.conn.execute(target.index_sql(concurrently))
+            self.conn.execute(target.index_sql(concurrently, rebuild=rebuild))
         finally:
             if not self.conn.closed and self.conn.info.transaction_status == 0:  # idle
                 self.conn.execute("RESET maintenance_work_mem")
