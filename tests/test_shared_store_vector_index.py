@@ -158,7 +158,8 @@ def test_memory_and_sizes_follow_the_rows_and_the_precision(db_url):
 def test_an_index_built_with_the_default_graph_is_rebuilt_with_search_going_on(db_url):
     conn = default_graph_library(db_url, 300)
     assert graph_of(conn) == GraphOptions(16, 64) != GRAPH
-    assert "ensure-schema" in Schema(conn).ensure(768, build_index=False).pending
+    pending = Schema(conn).ensure(768, build_index=False).pending
+    assert "built with m 16, ef_construction 64" in pending and "rebuilds it" in pending
     watcher, seen, searches = connect(db_url), [], []
     done = threading.Event()
 

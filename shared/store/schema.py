@@ -16,7 +16,7 @@ import psycopg
 
 from .connection import register_types
 from .counters import install_counters
-from .layout import DEFAULT_STORAGE, VectorLayout
+from .layout import DEFAULT_STORAGE, GRAPH, VectorLayout
 from .vector_index import VectorIndex, memory_needed_mb, vector_width
 
 TABLE = "image_embeddings"
@@ -198,8 +198,15 @@ class Schema:
     def pending(self, storage: str, dimensions: int) -> str | None:
         """What is left before the index is the one `storage` asks for, and how to finish it;
         None when nothing is."""
-        if not VectorIndex(self.conn).pending(VectorLayout.wanted(storage, dimensions)):
+        wanted = VectorLayout.wanted(storage, dimensions)
+        index = VectorIndex(self.conn)
+        if not index.pending(wanted):
             return None
+        built = index.state().graphs.get(wanted.index_name)
+        if built is not None and built != GRAPH:
+            return (f"the vector index was built with {built.describe()}; this version builds "
+                    f"a better-connected graph ({GRAPH.describe()}): `loader ensure-schema` (or "
+                    "`loader up`) rebuilds it while search goes on")
         return (f"the vector index is not yet the one EMBEDDING_STORAGE={storage} asks for: "
                 "`loader ensure-schema` (or `loader up`) builds it while search goes on")
 
