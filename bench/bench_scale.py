@@ -53,7 +53,7 @@ from shared.store.layout import GRAPH  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scale"
 CHUNK = 50_000
-EF_CHOICES = (40, 100, 200, 400, 1000)
+EF_CHOICES = (40, 100, 200, 300, 400, 1000)
 LAYOUTS = {"halfvec-index": VectorLayout("halfvec", DIM), "float32": VectorLayout("float32", DIM)}
 CAMERAS = ("Apple iPhone 13", "Google Pixel 7", "Canon EOS R6", "Sony A7 III", "Fujifilm X-T4")
 START = datetime(2010, 1, 1)

@@ -157,15 +157,11 @@ class VectorIndex:
                 rebuild = wanted.index_name in state.valid
                 what = wanted.describe().split(", ")[1]
                 if rebuild:
-                    old = state.graphs[wanted.index_name].describe()
-                    say(f"rebuilding the {what} with a better-connected graph ({GRAPH.describe()};"
-                        f" it has {old}) over about {self.row_estimate():,} rows "
-                        f"(maintenance_work_mem {memory_mb:,} MB); search uses the current "
-                        "index meanwhile")
-                else:
-                    say(f"building the {what} over about {self.row_estimate():,} rows "
-                        f"(maintenance_work_mem {memory_mb:,} MB); search uses the current "
-                        "index meanwhile")
+                    what = (f"{what} with a better-connected graph ({GRAPH.describe()}; it has "
+                            f"{state.graphs[wanted.index_name].describe()})")
+                say(f"{'rebuilding' if rebuild else 'building'} the {what} over about "
+                    f"{self.row_estimate():,} rows (maintenance_work_mem {memory_mb:,} MB); "
+                    "search uses the current index meanwhile")
                 stale = wanted.index_name + REBUILD_SUFFIX
                 if rebuild and stale in state.valid:  # a rebuild with yet other options
                     self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {stale}")
