@@ -274,7 +274,7 @@ def planner_takes_the_index(conn, query: np.ndarray, ef_search: int) -> bool:
 
 def test_search_keeps_its_recall_where_the_planner_takes_the_hnsw_index(catalogue, conn):
     """1,000 random vectors: the planner takes the index for a small ef_search, and through it
-    recall@10 is ~0.45 at ef_search 10 (k) against ~1.0 at the configured 100."""
+    recall@10 is ~0.45 at ef_search 10 (k) against ~1.0 at 100 (the default is 200)."""
     library_of_random_vectors(conn, 1000)
     queries = np.random.default_rng(5).standard_normal((12, 768)).astype(np.float32)
     assert planner_takes_the_index(conn, queries[0], 10), "too small a library to test recall"
