@@ -30,6 +30,11 @@ Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
 # counted before its search: estimates of one condition are close, of combined ones off by
 # less than this factor on the benchmark's library (docs/benchmarks.md, issue 10's re-run).
 ESTIMATE_MARGIN = 4
+# A filter the planner estimates at most this share of BROWSE_EXACT_SEARCH_ROWS is not counted
+# either: one exact scan reads its rows and gives up past the limit (to the index) if they
+# turn out to be more. Counting first read every row twice: 5 ms of the 21 ms a combined
+# filter matching 1.4% took (docs/benchmarks.md).
+FEW_SHARE = 0.5
 
 
 class SearchUnavailable(Exception):
@@ -211,21 +216,38 @@ class Search:
         """How a search with these filters runs: "exact" (every matching row's distance) when
         at most `exact_search_rows` embedded rows match, else "index" (HNSW)."""
         with self.connections() as conn:
-            return self._method(Catalogue(conn), filters)
+            catalogue = Catalogue(conn)
+            route = self._route(catalogue, filters)
+            if route == "few":  # decided by the scan itself; counted here to tell
+                limit = self.exact_search_rows
+                return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
+            return route
 
-    def _method(self, catalogue: Catalogue, filters: Filters | None) -> str:
+    def _route(self, catalogue: Catalogue, filters: Filters | None) -> str:
+        """"index"; "exact" (counted: at most `exact_search_rows` match); or "few" (the planner
+        puts them well under that: an exact scan that gives up past it, no count first)."""
         if not filters:
             return "index"
         limit = self.exact_search_rows
         # Counting reads up to `limit` rows (tens of ms when they lie all over the table):
         # a filter the planner puts far above the limit goes to the index uncounted.
-        if catalogue.estimate_matching(filters) > ESTIMATE_MARGIN * max(limit, 1):
+        estimate = catalogue.estimate_matching(filters)
+        if estimate > ESTIMATE_MARGIN * max(limit, 1):
             return "index"
+        if estimate <= FEW_SHARE * limit:
+            return "few"
         return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
 
     def _nearest(self, catalogue: Catalogue, vector: np.ndarray, k: int, exclude_id: int | None,
                  filters: Filters | None) -> list[tuple[ImageRow, float]]:
-        exact = self._method(catalogue, filters) == "exact"
+        route = self._route(catalogue, filters)
+        if route == "few":
+            found = catalogue.nearest_among_few(vector, k, cap=self.exact_search_rows,
+                                                exclude_id=exclude_id, filters=filters)
+            if found is not None:
+                return found
+            route = "index"  # more than the planner thought
+        exact = route == "exact"
         options = dict(ef_search=self.ef_search, exclude_id=exclude_id, filters=filters,
                        max_scan_tuples=self.max_scan_tuples)
         found = catalogue.nearest(vector, k, exact=exact, **options)

@@ -157,9 +157,13 @@ def searcher(big):
 
 def exact_ids(big: Big, camera: str) -> list[int]:
     """The true K nearest rows with this camera, worked out in numpy (ids start at 1)."""
+    return exact_ids_of(big, camera, K)
+
+
+def exact_ids_of(big: Big, camera: str, k: int) -> list[int]:
     allowed = np.flatnonzero(big.cameras == camera)
     distances = 1.0 - big.vectors[allowed] @ big.query
-    return [int(allowed[i]) + 1 for i in np.argsort(distances, kind="stable")[:K]]
+    return [int(allowed[i]) + 1 for i in np.argsort(distances, kind="stable")[:k]]
 
 
 def check_order(big: Big, hits) -> None:
@@ -309,6 +313,39 @@ def test_a_filter_far_above_exact_search_rows_goes_to_the_index_uncounted(big, s
         catalogue = Catalogue(conn)
         wide, near = Filters(camera="Other"), Filters(camera="Any")  # 15,800 and 2,000 rows
         assert 10_000 < catalogue.estimate_matching(wide) < 25_000
-        assert statements_sent(conn, lambda: search._method(catalogue, wide)) == 1
-        assert statements_sent(conn, lambda: search._method(catalogue, near)) == 2
-        assert search._method(catalogue, wide) == search._method(catalogue, near) == "index"
+        assert statements_sent(conn, lambda: search._route(catalogue, wide)) == 1
+        assert statements_sent(conn, lambda: search._route(catalogue, near)) == 2
+        assert search._route(catalogue, wide) == search._route(catalogue, near) == "index"
+
+
+def test_a_filter_estimated_well_under_the_limit_is_read_once_without_a_count(big, searcher):
+    """Counting, then scanning, read a small filter's rows twice: one exact scan that gives up
+    past BROWSE_EXACT_SEARCH_ROWS reads them once."""
+    search = searcher(exact_search_rows=500)
+    rare = Filters(camera="Rare")  # 200 rows
+    with connect(big.url) as conn:
+        catalogue = Catalogue(conn)
+        assert statements_sent(conn, lambda: search._route(catalogue, rare)) == 1  # no count
+        assert search._route(catalogue, rare) == "few"
+        found = catalogue.nearest_among_few(big.query, K, cap=200, filters=rare)
+        assert [row.id for row, _ in found] == exact_ids(big, "Rare")
+        assert catalogue.nearest_among_few(big.query, K, cap=199, filters=rare) is None
+        first = exact_ids(big, "Rare")[0]
+        rest = catalogue.nearest_among_few(big.query, K, cap=200, filters=rare, exclude_id=first)
+        assert [row.id for row, _ in rest] == [i for i in exact_ids_of(big, "Rare", K + 1) if i != first]
+    hits = search.by_vector(big.query, K, filters=rare)
+    assert [hit.row.id for hit in hits] == exact_ids(big, "Rare")
+    check_order(big, hits)
+    assert search.method(rare) == "exact"
+
+
+def test_a_filter_the_planner_puts_far_too_low_still_gives_k_rows_through_the_index(
+        big, searcher, monkeypatch):
+    monkeypatch.setattr(Catalogue, "estimate_matching", lambda self, filters: 10)
+    search = searcher(exact_search_rows=500)
+    anything = Filters(camera="Any")  # 2,000 rows: the exact scan gives up after 501
+    hits = search.by_vector(big.query, K, filters=anything)
+    assert len(hits) == K and {big.cameras[hit.row.id - 1] for hit in hits} == {"Any"}
+    check_order(big, hits)
+    assert len({hit.row.id for hit in hits} & set(exact_ids(big, "Any"))) >= 9
+    assert search.method(anything) == "index"

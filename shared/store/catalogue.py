@@ -367,6 +367,23 @@ class Catalogue:
         rows.sort(key=lambda found: (found[1], found[0].id))
         return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
 
+    def nearest_among_few(
+        self, vector: np.ndarray, k: int, *, cap: int, exclude_id: int | None = None,
+        filters: Filters | None = None, timeout_ms: int = 10_000,
+    ) -> list[tuple[ImageRow, float]] | None:
+        """`nearest(exact=True)` when at most `cap` embedded rows pass the filters, reading
+        them once (no count first); None when more do, found after reading `cap` + 1 of them."""
+        want = k + (1 if exclude_id is not None else 0)
+        query, params = self._nearest_query(vector, want, filters, True, None, cap=cap)
+        with self.conn.transaction():
+            self._search_settings(want, want, "relaxed_order", 20_000, True, timeout_ms)
+            with self.conn.cursor(row_factory=_row_scanned_and_distance) as cur:
+                rows = cur.execute(query, params, prepare=False).fetchall()
+        if rows and rows[0][1] > cap:
+            return None
+        rows.sort(key=lambda found: (found[2], found[0].id))
+        return [(row, distance) for row, _, distance in rows if row.id != exclude_id][:k]
+
     def nearest_plan(
         self, vector: np.ndarray, k: int, *, ef_search: int, filters: Filters | None = None,
         exact: bool = False, layout: VectorLayout | None = None,
@@ -380,17 +397,23 @@ class Catalogue:
                 f"EXPLAIN {query}", params, prepare=False).fetchall()]
 
     def _nearest_query(self, vector: np.ndarray, want: int, filters: Filters | None,
-                       exact: bool, layout: VectorLayout | None) -> tuple[str, dict]:
-        """The SQL of `nearest`: its ORDER BY is the index's own expression (`layout.key`)."""
+                       exact: bool, layout: VectorLayout | None,
+                       cap: int | None = None) -> tuple[str, dict]:
+        """The SQL of `nearest`: its ORDER BY is the index's own expression (`layout.key`).
+        An exact scan with a `cap` reads at most `cap` + 1 rows and says how many it read
+        (a column before the distance)."""
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
         distance = "embedding <=> %(q)s"  # at the column's precision, whatever the index holds
         if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
+            params["over"] = None if cap is None else cap + 1  # LIMIT NULL: no limit
+            scanned = "" if cap is None else ", count(*) OVER () AS scanned"
             return f"""WITH scanned AS MATERIALIZED (
                             SELECT id, {distance} AS distance FROM image_embeddings
-                            WHERE embedding IS NOT NULL AND {where})
-                        SELECT {IMAGE_COLUMNS}, nearest.distance
-                        FROM (SELECT id, distance FROM scanned ORDER BY distance, id
+                            WHERE embedding IS NOT NULL AND {where} LIMIT %(over)s)
+                        SELECT {IMAGE_COLUMNS}{", nearest.scanned" if scanned else ""},
+                               nearest.distance
+                        FROM (SELECT id, distance{scanned} FROM scanned ORDER BY distance, id
                               LIMIT %(want)s) AS nearest
                         JOIN image_embeddings USING (id)""", params
         # Only a walk of the index needs to know which one there is. Without a table the query
@@ -429,6 +452,16 @@ def _row_and_distance(cursor: psycopg.Cursor) -> Callable[[Sequence], tuple[Imag
 
     def make(values: Sequence) -> tuple[ImageRow, float]:
         return ImageRow(**dict(zip(names, values[:-1]))), float(values[-1])
+
+    return make
+
+
+def _row_scanned_and_distance(cursor: psycopg.Cursor) -> Callable[[Sequence], tuple]:
+    """Row factory: (ImageRow, rows scanned, distance) from a capped exact scan's columns."""
+    names = [column.name for column in cursor.description or ()][:-2]
+
+    def make(values: Sequence) -> tuple[ImageRow, int, float]:
+        return ImageRow(**dict(zip(names, values[:-2]))), int(values[-2]), float(values[-1])
 
     return make
 
