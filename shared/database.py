@@ -55,12 +55,12 @@ def server_settings(memory_mb: int | None) -> dict[str, str]:
     return {"shared_buffers": f"{max(SHARED_BUFFERS_FLOOR_MB, quarter)}MB"}
 
 
-def write_server_settings(pgdata: Path, settings: dict[str, str]) -> bool:
-    """Have the server in `pgdata` start with `settings` (from its next start on); False when
-    there is no initialised server there yet. Idempotent."""
+def write_server_settings(pgdata: Path, settings: dict[str, str]) -> None:
+    """Have the server in `pgdata` start with `settings` (from its next start on); nothing
+    while there is no initialised server there yet. Idempotent."""
     conf = pgdata / "postgresql.conf"
     if not conf.exists():
-        return False
+        return
     text = "# Written by Image Browser at each start (shared/database.py).\n" + "".join(
         f"{name} = '{value}'\n" for name, value in settings.items())
     ours = pgdata / SETTINGS_FILE
@@ -69,7 +69,6 @@ def write_server_settings(pgdata: Path, settings: dict[str, str]) -> bool:
     if INCLUDE_LINE not in conf.read_text():
         with conf.open("a") as out:
             out.write(f"\n{INCLUDE_LINE}\n")
-    return True
 
 
 def describe(settings: Settings) -> str:

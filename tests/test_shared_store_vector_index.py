@@ -50,6 +50,32 @@ def graph_of(conn: psycopg.Connection, name: str = HALF_INDEX) -> GraphOptions |
     return VectorIndex(conn).state().graphs.get(name)
 
 
+def migrate_while_searching(conn: psycopg.Connection, db_url: str) -> tuple[list, list]:
+    """Migrate to the half-precision index while a user searches all along: (the first word
+    of each line it says with the valid indexes at that moment, each search's row count)."""
+    watcher, seen, searches = connect(db_url), [], []
+    done = threading.Event()
+
+    def say(line: str) -> None:
+        seen.append((line.split()[0], VectorIndex(watcher).state().valid))
+
+    def search() -> None:
+        with connect(db_url) as own:
+            while not done.is_set():
+                searches.append(len(Catalogue(own).nearest(np.ones(768, np.float32), 5,
+                                                           ef_search=40)))
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        Schema(conn).migrate_vector_index("halfvec-index", 768, say=say)
+    finally:
+        done.set()
+        thread.join(timeout=30)
+        watcher.close()
+    return seen, searches
+
+
 def test_an_empty_table_gets_the_chosen_index_at_once(db_url):
     conn = connect(db_url)
     report = Schema(conn).ensure(768)
@@ -63,25 +89,7 @@ def test_a_table_with_rows_keeps_its_index_until_the_new_one_is_built(db_url):
     conn = float32_library(db_url, 300)
     report = Schema(conn).ensure(768, build_index=False)  # what sync, embed and up do
     assert report.storage == "float32" and "ensure-schema" in report.pending
-    watcher, seen, searches = connect(db_url), [], []
-    done = threading.Event()
-
-    def say(line: str) -> None:
-        seen.append((line.split()[0], VectorIndex(watcher).state().valid))
-
-    def search() -> None:  # a user searching all along
-        with connect(db_url) as own:
-            while not done.is_set():
-                searches.append(len(Catalogue(own).nearest(np.ones(768, np.float32), 5,
-                                                           ef_search=40)))
-
-    thread = threading.Thread(target=search)
-    thread.start()
-    try:
-        Schema(conn).migrate_vector_index("halfvec-index", 768, say=say)
-    finally:
-        done.set()
-        thread.join(timeout=30)
+    seen, searches = migrate_while_searching(conn, db_url)
     assert seen == [("building", (FLOAT32_INDEX,)), ("dropping", (HALF_INDEX, FLOAT32_INDEX))]
     assert VectorIndex(conn).state().valid == (HALF_INDEX,)
     assert searches and set(searches) == {5}
@@ -160,25 +168,7 @@ def test_an_index_built_with_the_default_graph_is_rebuilt_with_search_going_on(d
     assert graph_of(conn) == GraphOptions(16, 64) != GRAPH
     pending = Schema(conn).ensure(768, build_index=False).pending
     assert "built with m 16, ef_construction 64" in pending and "rebuilds it" in pending
-    watcher, seen, searches = connect(db_url), [], []
-    done = threading.Event()
-
-    def say(line: str) -> None:
-        seen.append((line.split()[0], VectorIndex(watcher).state().valid))
-
-    def search() -> None:
-        with connect(db_url) as own:
-            while not done.is_set():
-                searches.append(len(Catalogue(own).nearest(np.ones(768, np.float32), 5,
-                                                           ef_search=40)))
-
-    thread = threading.Thread(target=search)
-    thread.start()
-    try:
-        Schema(conn).migrate_vector_index("halfvec-index", 768, say=say)
-    finally:
-        done.set()
-        thread.join(timeout=30)
+    seen, searches = migrate_while_searching(conn, db_url)
     rebuilt = HALF_INDEX + REBUILD_SUFFIX
     assert seen == [("rebuilding", (HALF_INDEX,)), ("dropping", (HALF_INDEX, rebuilt))]
     assert VectorIndex(conn).state().valid == (HALF_INDEX,) and graph_of(conn) == GRAPH

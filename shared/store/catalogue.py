@@ -362,10 +362,7 @@ class Catalogue:
                                   timeout_ms)
             with self.conn.cursor(row_factory=_row_and_distance) as cur:
                 rows = cur.execute(query, params, prepare=False).fetchall()
-        # relaxed_order gives neighbours only roughly in order, a half-precision index only
-        # nearly in the column's order; the exact scan's join in none.
-        rows.sort(key=lambda found: (found[1], found[0].id))
-        return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
+        return _best(rows, k, exclude_id)
 
     def nearest_among_few(
         self, vector: np.ndarray, k: int, *, cap: int, exclude_id: int | None = None,
@@ -381,8 +378,7 @@ class Catalogue:
                 rows = cur.execute(query, params, prepare=False).fetchall()
         if rows and rows[0][1] > cap:
             return None
-        rows.sort(key=lambda found: (found[2], found[0].id))
-        return [(row, distance) for row, _, distance in rows if row.id != exclude_id][:k]
+        return _best([(row, distance) for row, _, distance in rows], k, exclude_id)
 
     def nearest_plan(
         self, vector: np.ndarray, k: int, *, ef_search: int, filters: Filters | None = None,
@@ -444,6 +440,15 @@ class Catalogue:
 
     def _rows(self) -> psycopg.Cursor[ImageRow]:
         return self.conn.cursor(row_factory=class_row(ImageRow))
+
+
+def _best(rows: list[tuple[ImageRow, float]], k: int,
+          exclude_id: int | None) -> list[tuple[ImageRow, float]]:
+    """The k nearest of `rows`, in order, without `exclude_id`: a relaxed_order walk gives
+    neighbours only roughly in order, a half-precision index only nearly in the column's
+    order; the exact scan's join in none."""
+    rows = sorted(rows, key=lambda found: (found[1], found[0].id))
+    return [(row, distance) for row, distance in rows if row.id != exclude_id][:k]
 
 
 def _row_and_distance(cursor: psycopg.Cursor) -> Callable[[Sequence], tuple[ImageRow, float]]:

@@ -199,10 +199,10 @@ class Schema:
         """What is left before the index is the one `storage` asks for, and how to finish it;
         None when nothing is."""
         wanted = VectorLayout.wanted(storage, dimensions)
-        index = VectorIndex(self.conn)
-        if not index.pending(wanted):
+        state = VectorIndex(self.conn).state()
+        if not state.pending(wanted):
             return None
-        built = index.state().graphs.get(wanted.index_name)
+        built = state.graphs.get(wanted.index_name)
         if built is not None and built != GRAPH:
             return (f"the vector index was built with {built.describe()}; this version builds "
                     f"a better-connected graph ({GRAPH.describe()}): `loader ensure-schema` (or "

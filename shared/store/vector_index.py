@@ -51,6 +51,12 @@ class IndexState:
         index = "halfvec" if "halfvec" in kinds else "float32" if "float32" in kinds else None
         return VectorLayout(index, self.dimensions)
 
+    def pending(self, wanted: VectorLayout) -> bool:
+        """Whether a migration has anything to do to reach `wanted`."""
+        return self.dimensions is not None and (
+            self.invalid != () or self.valid != (wanted.index_name,)
+            or self.finished(wanted) != wanted.index_name)
+
     def finished(self, wanted: VectorLayout) -> str | None:
         """A valid index of ours that is already what `wanted` asks for, graph included (the
         proper name first)."""
@@ -88,27 +94,27 @@ class VectorIndex:
     def state(self) -> IndexState:
         """The column's width, and which of our HNSW indexes are valid or not."""
         row = self.conn.execute(
-            """SELECT format_type(a.atttypid, a.atttypmod),
-                      ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                            WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)
-                              AND i.indisvalid ORDER BY 1),
-                      ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                            WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)
-                              AND NOT i.indisvalid ORDER BY 1),
-                      ARRAY(SELECT array_to_string(c.reloptions, ',')
-                            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                            WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)
-                              AND i.indisvalid ORDER BY c.relname)
-               FROM pg_attribute a
+            """SELECT format_type(a.atttypid, a.atttypmod), ours.names, ours.valid, ours.options
+               FROM pg_attribute a, LATERAL (
+                   SELECT array_agg(c.relname ORDER BY c.relname) AS names,
+                          array_agg(i.indisvalid ORDER BY c.relname) AS valid,
+                          array_agg(coalesce(array_to_string(c.reloptions, ','), '')
+                                    ORDER BY c.relname) AS options
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = a.attrelid AND c.relname = ANY(%(ours)s)) AS ours
                WHERE a.attrelid = to_regclass(%(table)s) AND a.attname = 'embedding'
                  AND NOT a.attisdropped""",
             {"ours": list(INDEXES), "table": TABLE},
         ).fetchone()
         if row is None:
             return IndexState(None, (), ())
-        graphs = {name: GraphOptions.from_reloptions(options.split(",") if options else None)
-                  for name, options in zip(row[1], row[3])}
-        return IndexState(vector_width(row[0]), tuple(row[1]), tuple(row[2]), graphs)
+        indexes = list(zip(row[1] or (), row[2] or (), row[3] or ()))
+        return IndexState(
+            vector_width(row[0]),
+            tuple(name for name, valid, _ in indexes if valid),
+            tuple(name for name, valid, _ in indexes if not valid),
+            {name: GraphOptions.from_reloptions(options.split(",") if options else None)
+             for name, valid, options in indexes if valid})
 
     def layout(self) -> VectorLayout | None:
         """The layout searches must use now (None when there is no table)."""
@@ -116,10 +122,7 @@ class VectorIndex:
 
     def pending(self, wanted: VectorLayout) -> bool:
         """Whether `migrate` has anything to do to reach `wanted`."""
-        state = self.state()
-        return state.dimensions is not None and (
-            state.invalid != () or state.valid != (wanted.index_name,)
-            or state.finished(wanted) != wanted.index_name)
+        return self.state().pending(wanted)
 
     def row_estimate(self) -> int:
         """How many rows the table has, without counting them: the database's counters
