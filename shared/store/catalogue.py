@@ -49,6 +49,10 @@ PGVECTOR_MAX_EF_SEARCH = 1000  # pgvector refuses more
 # many and keeping the best k raised filtered recall@10 by 0.01-0.15 (to 0.85-0.97) on the
 # 100,000-photo benchmark, for 1.2-3.2x the time (docs/benchmarks.md, issue 10's re-run).
 FILTERED_CANDIDATES = 40
+# An exact scan ranks the rows by their half-precision copies (about 3 significant digits),
+# then this many times the rows asked for by their float32 distances: only rows whose rough
+# distances lie within rounding of the k-th can change places, and they are all in.
+EXACT_SHORTLIST = 3
 
 
 class Catalogue:
@@ -401,17 +405,27 @@ class Catalogue:
         where, params = filter_condition(filters)
         params.update(q=vector, want=want)
         distance = "embedding <=> %(q)s"  # at the column's precision, whatever the index holds
-        if exact:  # MATERIALIZED: the planner cannot turn this into an index scan
-            params["over"] = None if cap is None else cap + 1  # LIMIT NULL: no limit
-            scanned = "" if cap is None else ", count(*) OVER () AS scanned"
-            return f"""WITH scanned AS MATERIALIZED (
-                            SELECT id, {distance} AS distance FROM image_embeddings
-                            WHERE embedding IS NOT NULL AND {where} LIMIT %(over)s)
-                        SELECT {IMAGE_COLUMNS}{", nearest.scanned" if scanned else ""},
-                               nearest.distance
-                        FROM (SELECT id, distance{scanned} FROM scanned ORDER BY distance, id
-                              LIMIT %(want)s) AS nearest
-                        JOIN image_embeddings USING (id)""", params
+        if exact:
+            # Every row's distance from its half-precision copy (read in the row; a row
+            # embedded before schema v6 and not yet filled reads the float32 column), then the
+            # float32 distances of the shortlist's rows alone. No index holds that COALESCE, so
+            # the planner reads the filter's rows and keeps the nearest in a top-N sort.
+            rough = "COALESCE(embedding_half, embedding::halfvec) <=> %(q)s::halfvec"
+            params["shortlist"] = want * EXACT_SHORTLIST
+            if cap is None:
+                shortlist = f"""SELECT id FROM image_embeddings
+                                WHERE embedding IS NOT NULL AND {where}
+                                ORDER BY {rough}, id LIMIT %(shortlist)s"""
+            else:  # reads at most cap + 1 rows, and says how many it read
+                params["over"] = cap + 1
+                shortlist = f"""SELECT id, count(*) OVER () AS scanned
+                                FROM (SELECT id, {rough} AS rough FROM image_embeddings
+                                      WHERE embedding IS NOT NULL AND {where}
+                                      LIMIT %(over)s) AS capped
+                                ORDER BY rough, id LIMIT %(shortlist)s"""
+            return f"""SELECT {IMAGE_COLUMNS}{"" if cap is None else ", shortlist.scanned"},
+                              {distance} AS distance
+                       FROM ({shortlist}) AS shortlist JOIN image_embeddings USING (id)""", params
         # Only a walk of the index needs to know which one there is. Without a table the query
         # fails as any other read would (UndefinedTable).
         layout = layout or VectorIndex(self.conn).layout() or VectorLayout(None, 0)

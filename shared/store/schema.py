@@ -20,7 +20,7 @@ from .layout import DEFAULT_STORAGE, GRAPH, VectorLayout
 from .vector_index import VectorIndex, memory_needed_mb, vector_width
 
 TABLE = "image_embeddings"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_LOCK_KEY = 7_210_001  # advisory lock: one ensure-schema at a time
 DEFAULT_INDEX_MEMORY_MB = 1024
 
@@ -48,6 +48,31 @@ METADATA_STEPS = (
     # A folder's subtree is a range of file names in byte order ("Italy/" <= name < "Italy0").
     """CREATE INDEX IF NOT EXISTS image_embeddings_filename_c_idx
         ON image_embeddings ((filename COLLATE "C"))""",
+)
+
+# v6: a half-precision copy of each embedding kept in the row itself (STORAGE MAIN: never moved
+# to TOAST while the row fits a page), for exact scans of the rows a filter lets through. The
+# float32 column is 3 KB, so Postgres keeps it out of line: reading it cost 5-7 µs a row, most
+# of an exact scan (docs/benchmarks.md, "Filtered search"). A trigger keeps the copy, so every
+# write of `embedding` (sync, the backfill, COPY, other tools) fills it. Adding the column
+# rewrites nothing; rows embedded before get their copy from the index migration
+# (vector_index.py, `fill_half_copies`), and exact scans read the float32 column for a row
+# without one meanwhile.
+HALF_COPY_STEPS = (
+    "ALTER TABLE image_embeddings ADD COLUMN IF NOT EXISTS embedding_half halfvec({dim})",
+    "ALTER TABLE image_embeddings ALTER COLUMN embedding_half SET STORAGE MAIN",
+    """CREATE OR REPLACE FUNCTION image_browser_copy_half() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.embedding_half := NEW.embedding::halfvec;
+            RETURN NEW;
+        END $$""",
+    """CREATE OR REPLACE TRIGGER image_embeddings_copy_half
+        BEFORE INSERT OR UPDATE OF embedding ON image_embeddings
+        FOR EACH ROW EXECUTE FUNCTION image_browser_copy_half()""",
+    # The rows still without a copy, found without reading the others (empty once filled).
+    """CREATE INDEX IF NOT EXISTS image_embeddings_uncopied_idx ON image_embeddings (id)
+        WHERE embedding_half IS NULL AND embedding IS NOT NULL""",
 )
 
 # `{dim}` is the only thing formatted in.
@@ -91,6 +116,7 @@ MIGRATIONS = (
         WHERE claimed_by IS NOT NULL""",
     """CREATE INDEX IF NOT EXISTS image_embeddings_waiting_idx
         ON image_embeddings (created_at DESC, id DESC) WHERE embedding IS NULL""",
+    *HALF_COPY_STEPS,
     """CREATE TABLE IF NOT EXISTS image_browser_schema (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         version integer NOT NULL,
@@ -199,8 +225,13 @@ class Schema:
         """What is left before the index is the one `storage` asks for, and how to finish it;
         None when nothing is."""
         wanted = VectorLayout.wanted(storage, dimensions)
-        state = VectorIndex(self.conn).state()
+        index = VectorIndex(self.conn)
+        state = index.state()
         if not state.pending(wanted):
+            if index.uncopied():
+                return ("rows embedded before this version have no half-precision copy yet "
+                        "(filtered searches read them slower): `loader ensure-schema` (or "
+                        "`loader up`) fills them while search goes on")
             return None
         built = state.graphs.get(wanted.index_name)
         if built is not None and built != GRAPH:
