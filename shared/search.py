@@ -26,15 +26,11 @@ from .settings import Settings
 from .store import Catalogue, Filters, ImageRow
 
 Connections = Callable[[], AbstractContextManager[psycopg.Connection]]
-# A filter the planner estimates at more than this many times BROWSE_EXACT_SEARCH_ROWS is not
-# counted before its search: estimates of one condition are close, of combined ones off by
-# less than this factor on the benchmark's library (docs/benchmarks.md, issue 10's re-run).
-ESTIMATE_MARGIN = 4
-# A filter the planner estimates at most this share of BROWSE_EXACT_SEARCH_ROWS is not counted
-# either: one exact scan reads its rows and gives up past the limit (to the index) if they
-# turn out to be more. Counting first read every row twice: 5 ms of the 21 ms a combined
-# filter matching 1.4% took (docs/benchmarks.md).
-FEW_SHARE = 0.5
+# The planner's estimate of a filter's rows picks the exact scan (at most
+# BROWSE_EXACT_SEARCH_ROWS) or the index; the exact scan goes on to this many times that
+# before it gives up for the index, so that an estimate a little low (combined filters: up to
+# 27% on the benchmark's library) does not cost both ways.
+EXACT_SCAN_SLACK = 1.5
 
 
 class SearchUnavailable(Exception):
@@ -70,7 +66,7 @@ class Search:
         expected_dimensions: int,
         table_dimensions: int | None = None,
         ef_search: int = 100,
-        exact_search_rows: int = 3_000,
+        exact_search_rows: int = 6_000,
         max_scan_tuples: int = 20_000,
         max_image_pixels: int = 178_956_970,
         max_upload_pixels: int = 50_000_000,
@@ -213,45 +209,39 @@ class Search:
         return self.by_vector(vector, k, exclude_id=image_id, filters=filters)
 
     def method(self, filters: Filters | None) -> str:
-        """How a search with these filters runs: "exact" (every matching row's distance) when
-        at most `exact_search_rows` embedded rows match, else "index" (HNSW)."""
+        """How a search with these filters runs: "exact" (every matching row's distance) or
+        "index" (HNSW): see `_route`."""
         with self.connections() as conn:
             catalogue = Catalogue(conn)
-            route = self._route(catalogue, filters)
-            if route == "few":  # decided by the scan itself; counted here to tell
-                limit = self.exact_search_rows
+            if self._route(catalogue, filters) == "few":  # decided by the scan: counted to tell
+                limit = int(self.exact_search_rows * EXACT_SCAN_SLACK)
                 return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
-            return route
+            return "index"
 
     def _route(self, catalogue: Catalogue, filters: Filters | None) -> str:
-        """"index"; "exact" (counted: at most `exact_search_rows` match); or "few" (the planner
-        puts them well under that: an exact scan that gives up past it, no count first)."""
+        """"few" when the planner puts the rows the filters let through at no more than
+        `exact_search_rows`: one exact scan reads them, and gives up (to the index) past
+        `EXACT_SCAN_SLACK` times that many. Else "index". Nothing is counted first: a count reads the rows it counts, about
+        what the exact scan of them costs since each row holds a half-precision copy of its
+        vector (docs/benchmarks.md, "Filtered search")."""
         if not filters:
             return "index"
-        limit = self.exact_search_rows
-        # Counting reads up to `limit` rows (tens of ms when they lie all over the table):
-        # a filter the planner puts far above the limit goes to the index uncounted.
         estimate = catalogue.estimate_matching(filters)
-        if estimate > ESTIMATE_MARGIN * max(limit, 1):
-            return "index"
-        if estimate <= FEW_SHARE * limit:
-            return "few"
-        return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
+        return "few" if estimate <= self.exact_search_rows else "index"
 
     def _nearest(self, catalogue: Catalogue, vector: np.ndarray, k: int, exclude_id: int | None,
                  filters: Filters | None) -> list[tuple[ImageRow, float]]:
-        route = self._route(catalogue, filters)
-        if route == "few":
-            found = catalogue.nearest_among_few(vector, k, cap=self.exact_search_rows,
-                                                exclude_id=exclude_id, filters=filters)
+        if self._route(catalogue, filters) == "few":
+            found = catalogue.nearest_among_few(
+                vector, k, cap=int(self.exact_search_rows * EXACT_SCAN_SLACK),
+                exclude_id=exclude_id, filters=filters)
             if found is not None:
                 return found
-            route = "index"  # more than the planner thought
-        exact = route == "exact"
+            # more than the planner thought: the index
         options = dict(ef_search=self.ef_search, exclude_id=exclude_id, filters=filters,
                        max_scan_tuples=self.max_scan_tuples)
-        found = catalogue.nearest(vector, k, exact=exact, **options)
-        if len(found) < k and not exact:
+        found = catalogue.nearest(vector, k, **options)
+        if len(found) < k:
             # The index scan gave up (max_scan_tuples) before k rows passed the filters: the
             # exact scan finds every one there is.
             found = catalogue.nearest(vector, k, exact=True, **options)

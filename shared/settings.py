@@ -63,7 +63,7 @@ class WebSettings:
     hnsw_ef_search: int = 200  # recall@10 0.95 at p50 6 ms at 1M rows (docs/benchmarks.md)
     # A filtered search scans every matching row when at most this many match, else it walks
     # the HNSW index (docs/benchmarks.md, "filtered search").
-    exact_search_rows: int = 3_000
+    exact_search_rows: int = 6_000
     # How far pgvector's iterative index scan may go for filtered rows before giving up (the
     # search then scans the matching rows exactly).
     hnsw_max_scan_tuples: int = 20_000

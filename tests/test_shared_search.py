@@ -305,20 +305,24 @@ def test_search_turns_on_at_runtime_from_another_thread(pg_url, tmp_path):
     assert filenames(search.by_text("red bicycle snow", k=1)) == ["red-bicycle-snow.jpg"]
 
 
-def test_a_filter_far_above_exact_search_rows_goes_to_the_index_uncounted(big, searcher):
-    """Counting up to BROWSE_EXACT_SEARCH_ROWS rows costs tens of milliseconds on a big
-    library: a filter the planner puts far above it is not counted; one near it still is."""
+def test_a_filter_the_planner_puts_above_exact_search_rows_goes_to_the_index_uncounted(
+        big, searcher):
+    """Counting reads the rows it counts, about what their exact scan costs: a filter the
+    planner puts above BROWSE_EXACT_SEARCH_ROWS goes to the index after one estimate."""
     search = searcher(exact_search_rows=500)
     with connect(big.url) as conn:
         catalogue = Catalogue(conn)
         wide, near = Filters(camera="Other"), Filters(camera="Any")  # 15,800 and 2,000 rows
         assert 10_000 < catalogue.estimate_matching(wide) < 25_000
-        assert statements_sent(conn, lambda: search._route(catalogue, wide)) == 1
-        assert statements_sent(conn, lambda: search._route(catalogue, near)) == 2
-        assert search._route(catalogue, wide) == search._route(catalogue, near) == "index"
+        for filters in (wide, near):
+            assert statements_sent(conn, lambda: search._route(catalogue, filters)) == 1
+            assert search._route(catalogue, filters) == "index"
+    assert search.method(near) == "index"
+    hits = search.by_vector(big.query, K, filters=near)
+    assert len(hits) == K and all(hit.row.camera == "Any" for hit in hits)
 
 
-def test_a_filter_estimated_well_under_the_limit_is_read_once_without_a_count(big, searcher):
+def test_a_filter_estimated_under_the_limit_is_read_once_without_a_count(big, searcher):
     """Counting, then scanning, read a small filter's rows twice: one exact scan that gives up
     past BROWSE_EXACT_SEARCH_ROWS reads them once."""
     search = searcher(exact_search_rows=500)
@@ -337,6 +341,21 @@ def test_a_filter_estimated_well_under_the_limit_is_read_once_without_a_count(bi
     assert [hit.row.id for hit in hits] == exact_ids(big, "Rare")
     check_order(big, hits)
     assert search.method(rare) == "exact"
+
+
+def test_a_filter_the_planner_puts_a_little_low_is_still_read_once(big, searcher, monkeypatch):
+    """Combined filters are estimated up to a quarter low: a filter estimated at the limit that
+    has a third more rows is still read by one exact scan, not read and then walked too."""
+    monkeypatch.setattr(Catalogue, "estimate_matching", lambda self, filters: 1_500)
+    walks = []
+    walk = Catalogue.nearest
+    monkeypatch.setattr(Catalogue, "nearest",
+                        lambda self, *a, **kw: walks.append(kw) or walk(self, *a, **kw))
+    search = searcher(exact_search_rows=1_500)
+    anything = Filters(camera="Any")  # 2,000 rows
+    hits = search.by_vector(big.query, K, filters=anything)
+    assert [hit.row.id for hit in hits] == exact_ids(big, "Any") and walks == []
+    check_order(big, hits)
 
 
 def test_a_filter_the_planner_puts_far_too_low_still_gives_k_rows_through_the_index(
