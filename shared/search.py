@@ -221,9 +221,9 @@ class Search:
     def _route(self, catalogue: Catalogue, filters: Filters | None) -> str:
         """"few" when the planner puts the rows the filters let through at no more than
         `exact_search_rows`: one exact scan reads them, and gives up (to the index) past
-        `EXACT_SCAN_SLACK` times that many. Else "index". Nothing is counted first: a count reads the rows it counts, about
-        what the exact scan of them costs since each row holds a half-precision copy of its
-        vector (docs/benchmarks.md, "Filtered search")."""
+        `EXACT_SCAN_SLACK` times that many. Else "index". Nothing is counted first: a count
+        reads the rows it counts, about what their exact scan costs now that each row holds a
+        half-precision copy of its vector (docs/benchmarks.md, issue 10)."""
         if not filters:
             return "index"
         estimate = catalogue.estimate_matching(filters)
