@@ -397,6 +397,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--reuse", action="store_true", help="keep the table of the last run")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="hnsw.ef_search (default: BROWSE_HNSW_EF_SEARCH's default)")
     args = parser.parse_args()
     rng = np.random.default_rng(2026)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -415,7 +417,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; loaded {args.rows:,} rows: {load_t}", flush=True)
     web = WebSettings()
     pool = open_pool(url, size=2)
-    search = Search(pool.connection, None, expected_dimensions=DIM, ef_search=web.hnsw_ef_search,
+    search = Search(pool.connection, None, expected_dimensions=DIM,
+                    ef_search=args.ef_search or web.hnsw_ef_search,
                     exact_search_rows=web.exact_search_rows, max_scan_tuples=web.hnsw_max_scan_tuples)
     with load_average() as sweeping:
         sweep = exact_sweep(pool, photos, rng, basis)

@@ -60,7 +60,7 @@ class WebSettings:
     search_k: int = 60  # results of a text or image search on the pages
     similar_k: int = 24
     max_k: int = 200
-    hnsw_ef_search: int = 200  # recall@10 0.95 at p50 6 ms at 1M rows (docs/benchmarks.md)
+    hnsw_ef_search: int = 300  # recall@10 0.96 at p50 6.3 ms at 1M rows (docs/benchmarks.md)
     # A filtered search scans every matching row when at most this many match, else it walks
     # the HNSW index (docs/benchmarks.md, "filtered search").
     exact_search_rows: int = 6_000
