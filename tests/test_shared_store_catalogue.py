@@ -179,7 +179,8 @@ def scans(conn) -> dict[str, int]:
     (lambda c: c.list_images(5, (None, 20)), None),  # None: the planner's pick of indexes
     (lambda c: c.list_images(5, None, Filters(camera="Cam")), "image_embeddings_camera_idx"),
     (lambda c: c.list_images(5, None, Filters(has_location=True)), "image_embeddings_located_idx"),
-    (lambda c: c.list_images(5, None, Filters(folder="p")), "image_embeddings_filename_c_idx"),
+    (lambda c: c.list_images(5, None, Filters(folder="p")), "image_embeddings_shown_names_idx"),
+    (lambda c: c.folders("p"), "image_embeddings_shown_names_idx"),
     (lambda c: c.count_matching(Filters(taken_after=date(2020, 5, 5)), 10), None),
     (lambda c: c.neighbours_in_order(3), "image_embeddings_taken_idx"),
     (lambda c: c.nearest(np.ones(768, np.float32), 3, ef_search=40, filters=Filters(camera="Cam")),

@@ -46,8 +46,12 @@ METADATA_STEPS = (
     """CREATE INDEX IF NOT EXISTS image_embeddings_located_idx
         ON image_embeddings (taken_at DESC NULLS LAST, id DESC) WHERE latitude IS NOT NULL""",
     # A folder's subtree is a range of file names in byte order ("Italy/" <= name < "Italy0").
-    """CREATE INDEX IF NOT EXISTS image_embeddings_filename_c_idx
-        ON image_embeddings ((filename COLLATE "C"))""",
+    # Only shown rows are ever read by it (v6: was the whole table, image_embeddings_filename_c_idx):
+    # the folder counts then read the names from the index alone (an index-only scan, once VACUUM
+    # has marked the pages), not from rows 1.8 kB longer since the half-precision copy.
+    """CREATE INDEX IF NOT EXISTS image_embeddings_shown_names_idx
+        ON image_embeddings ((filename COLLATE "C")) WHERE missing_since IS NULL""",
+    "DROP INDEX IF EXISTS image_embeddings_filename_c_idx",
 )
 
 # v6: a half-precision copy of each embedding kept in the row itself (STORAGE MAIN: never moved
