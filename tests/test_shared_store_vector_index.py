@@ -97,11 +97,14 @@ def test_a_table_with_rows_keeps_its_index_until_the_new_one_is_built(db_url):
 
 
 def cancel_the_build(db_url: str, found: list) -> None:
-    """Wait for an index build to show in Postgres's progress view, then cancel it there."""
+    """Wait for an index build to show in Postgres's progress view past its first phase (a
+    concurrent build's catalog entry is committed by then: a cancel while it initialises leaves
+    nothing behind), then cancel it there."""
     with connect(db_url) as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            row = conn.execute("SELECT pid FROM pg_stat_progress_create_index").fetchone()
+            row = conn.execute("""SELECT pid FROM pg_stat_progress_create_index
+                                  WHERE phase <> 'initializing'""").fetchone()
             if row:
                 found.append(conn.execute("SELECT pg_cancel_backend(%s)", row).fetchone()[0])
                 return
