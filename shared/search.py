@@ -214,9 +214,14 @@ class Search:
         with self.connections() as conn:
             catalogue = Catalogue(conn)
             if self._route(catalogue, filters) == "few":  # decided by the scan: counted to tell
-                limit = int(self.exact_search_rows * EXACT_SCAN_SLACK)
-                return "exact" if catalogue.count_matching(filters, limit + 1) <= limit else "index"
+                cap = self._exact_cap
+                return "exact" if catalogue.count_matching(filters, cap + 1) <= cap else "index"
             return "index"
+
+    @property
+    def _exact_cap(self) -> int:
+        """How many rows an exact scan chosen by the estimate reads before it gives up."""
+        return int(self.exact_search_rows * EXACT_SCAN_SLACK)
 
     def _route(self, catalogue: Catalogue, filters: Filters | None) -> str:
         """"few" when the planner puts the rows the filters let through at no more than
@@ -232,9 +237,8 @@ class Search:
     def _nearest(self, catalogue: Catalogue, vector: np.ndarray, k: int, exclude_id: int | None,
                  filters: Filters | None) -> list[tuple[ImageRow, float]]:
         if self._route(catalogue, filters) == "few":
-            found = catalogue.nearest_among_few(
-                vector, k, cap=int(self.exact_search_rows * EXACT_SCAN_SLACK),
-                exclude_id=exclude_id, filters=filters)
+            found = catalogue.nearest_among_few(vector, k, cap=self._exact_cap,
+                                                exclude_id=exclude_id, filters=filters)
             if found is not None:
                 return found
             # more than the planner thought: the index

@@ -17,7 +17,7 @@ import psycopg
 from .connection import register_types
 from .counters import install_counters
 from .layout import DEFAULT_STORAGE, GRAPH, VectorLayout
-from .vector_index import VectorIndex, memory_needed_mb, vector_width
+from .vector_index import UNCOPIED, VectorIndex, memory_needed_mb, vector_width
 
 TABLE = "image_embeddings"
 SCHEMA_VERSION = 6
@@ -75,8 +75,8 @@ HALF_COPY_STEPS = (
         BEFORE INSERT OR UPDATE OF embedding ON image_embeddings
         FOR EACH ROW EXECUTE FUNCTION image_browser_copy_half()""",
     # The rows still without a copy, found without reading the others (empty once filled).
-    """CREATE INDEX IF NOT EXISTS image_embeddings_uncopied_idx ON image_embeddings (id)
-        WHERE embedding_half IS NULL AND embedding IS NOT NULL""",
+    f"""CREATE INDEX IF NOT EXISTS image_embeddings_uncopied_idx ON image_embeddings (id)
+        WHERE {UNCOPIED}""",
 )
 
 # `{dim}` is the only thing formatted in.

@@ -26,6 +26,9 @@ from .layout import GRAPH, INDEXES, REBUILD_SUFFIX, GraphOptions, VectorLayout, 
 TABLE = "image_embeddings"
 
 MIGRATION_LOCK_KEY = 7_210_002  # advisory lock: one index migration at a time
+# Rows embedded without a half-precision copy yet (schema v6): also the predicate of the partial
+# index (schema.py) that finds them without reading the others.
+UNCOPIED = "embedding_half IS NULL AND embedding IS NOT NULL"
 FILL_BATCH = 1_000  # rows given their half-precision copy per transaction
 FILL_TELL_S = 10.0  # how often a long fill says how far it is
 LOCK_POLL_S = 0.2
@@ -133,8 +136,7 @@ class VectorIndex:
         if not self._has_column("embedding_half"):
             return 0
         return self.conn.execute(
-            f"""SELECT count(*) FROM (SELECT 1 FROM {TABLE}
-                WHERE embedding_half IS NULL AND embedding IS NOT NULL LIMIT %s) s""",
+            f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} WHERE {UNCOPIED} LIMIT %s) s",
             (cap,)).fetchone()[0]
 
     def fill_half_copies(self, say: Callable[[str], None] = lambda _: None,
@@ -151,8 +153,7 @@ class VectorIndex:
         while not cancelled():
             done = self.conn.execute(
                 f"""UPDATE {TABLE} SET embedding_half = embedding::halfvec
-                    WHERE id IN (SELECT id FROM {TABLE}
-                                 WHERE embedding_half IS NULL AND embedding IS NOT NULL
+                    WHERE id IN (SELECT id FROM {TABLE} WHERE {UNCOPIED}
                                  LIMIT %s FOR UPDATE SKIP LOCKED)""",
                 (FILL_BATCH,)).rowcount
             filled += done
