@@ -263,7 +263,7 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
     decoders = decoder_pool(jobs) if own_decoders else decoders
     movers = ThreadPoolExecutor(max_workers=max(4, jobs * 4))
     futures: list[Future[list[Outcome]]] = [
-        movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels)
+        movers.submit(_handle_chunk, decoders, storage, todo[i : i + CHUNK], known, max_pixels, stop)
         for i in range(0, len(todo), CHUNK)
     ]
     try:
@@ -300,8 +300,14 @@ def _process(catalogue, storage, todo, known, report, *, jobs, max_pixels, progr
 
 
 def _handle_chunk(decoders: ProcessPoolExecutor, storage: Storage, files: list[LocalFile],
-                  known: dict[str, KnownFile], max_pixels: int) -> list[Outcome]:
-    """Inspect a few files on a decoder process, then upload each and say what its row should be."""
+                  known: dict[str, KnownFile], max_pixels: int,
+                  stop: threading.Event | None) -> list[Outcome]:
+    """Inspect a few files on a decoder process, then upload each and say what its row should be.
+
+    A chunk whose turn comes after a stop was asked is not started (nothing of it is looked at).
+    """
+    if stop is not None and stop.is_set():
+        return []
     rows = [known.get(f.key) for f in files]
     wanted = [_wanted(f, row) for f, row in zip(files, rows)]
     try:

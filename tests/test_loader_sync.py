@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loader.cli import main as loader_cli
-from loader.sync import run_sync
+from loader.sync import CHUNK, run_sync
 from shared.settings import R2Settings
 from shared.storage import LocalStorage, R2Storage
 from shared.store import Catalogue, Schema, connect
@@ -500,23 +500,21 @@ def test_a_stop_request_ends_the_sync_with_what_is_done_recorded(catalogue, tmp_
     images = tmp_path / "imgs"
     for i in range(40):
         save_jpeg(images / f"p{i:02d}.jpg", color=(i, 2 * i, 3))
-    from shared.progress import Progress
-
     stop = threading.Event()
 
-    class StopAtFirstFile(Progress):
-        def update(self, count: float = 1) -> None:
-            super().update(count)
-            stop.set()  # asked as the first file is done: the files in hand still land
+    class StopAtFirstUpload(LocalStorage):
+        def put_thumbnail(self, key: str, data: bytes) -> None:
+            super().put_thumbnail(key, data)
+            stop.set()  # asked as the first file is stored: the files in hand still land
 
     report = sync(catalogue, images, stop=stop)  # not asked: all
     assert report.new == 40 and not report.stopped
     conn = catalogue.conn
     conn.execute("DELETE FROM image_embeddings")
-    report = run_sync(catalogue, LocalStorage(images, tmp_path / "thumbs"), images, jobs=1,
-                      max_pixels=50_000_000, stop=stop,
-                      progress=StopAtFirstFile("sync", "{done} of {total}", show=False))
-    assert report.stopped and 0 < report.new < 40
+    movers = 4  # jobs=1: each mover finishes the chunk in its hands, none starts another
+    report = run_sync(catalogue, StopAtFirstUpload(images, tmp_path / "thumbs"), images, jobs=1,
+                      max_pixels=50_000_000, stop=stop)
+    assert report.stopped and 0 < report.new <= movers * CHUNK < 40
     assert len(rows(catalogue)) == report.new
     assert sync(catalogue, images).new == 40 - report.new
 
