@@ -147,8 +147,8 @@ def searcher(big):
 
     def make(**options) -> Search:
         pools.append(open_pool(big.url, size=2))
-        return Search(pools[-1].connection, None, expected_dimensions=DIM_SMALL, ef_search=40,
-                      **options)
+        return Search(pools[-1].connection, None, expected_dimensions=DIM_SMALL,
+                      **{"ef_search": 40, **options})
 
     yield make
     for pool in pools:
@@ -316,10 +316,38 @@ def test_a_filter_the_planner_puts_above_exact_search_rows_goes_to_the_index_unc
         assert 10_000 < catalogue.estimate_matching(wide) < 25_000
         for filters in (wide, near):
             assert statements_sent(conn, lambda: search._route(catalogue, filters)) == 1
-            assert search._route(catalogue, filters) == "index"
+            assert search._route(catalogue, filters)[0] == "index"
     assert search.method(near) == "index"
     hits = search.by_vector(big.query, K, filters=near)
     assert len(hits) == K and all(hit.row.camera == "Any" for hit in hits)
+
+
+def test_a_walk_asks_for_the_rows_its_first_round_holds_between_40_and_60(big, searcher,
+                                                                        monkeypatch):
+    """A filter letting many rows through: the first round of ef_search candidates holds more
+    than 40 of them, already walked to; the search keeps the best k of up to 60."""
+    asked = []
+    walk = Catalogue.nearest
+
+    def noting(self, vector, k, **options):
+        if not options.get("exact"):
+            asked.append(options.get("candidates"))
+        return walk(self, vector, k, **options)
+
+    monkeypatch.setattr(Catalogue, "nearest", noting)
+    wide, some, near = Filters(camera="Other"), Filters(has_location=False), Filters(camera="Any")
+    cases = [  # (filters, ef_search, rows asked for): 15,800, 20,000 and 2,000 of 20,000 rows
+        (wide, 40, 40), (wide, 60, 47), (wide, 100, 60), (some, 50, 50), (near, 200, 40),
+    ]
+    for filters, ef_search, expected in cases:
+        search = searcher(exact_search_rows=0, ef_search=ef_search)
+        assert search.candidates(filters) == expected, (filters, ef_search)
+        asked.clear()
+        hits = search.by_vector(big.query, K, filters=filters)
+        assert asked == [expected] and len(hits) == K
+    unfiltered = searcher(ef_search=100)
+    asked.clear()
+    assert len(unfiltered.by_vector(big.query, K)) == K and unfiltered.candidates(None) == 0
 
 
 def test_a_filter_estimated_under_the_limit_is_read_once_without_a_count(big, searcher):
@@ -330,7 +358,7 @@ def test_a_filter_estimated_under_the_limit_is_read_once_without_a_count(big, se
     with connect(big.url) as conn:
         catalogue = Catalogue(conn)
         assert statements_sent(conn, lambda: search._route(catalogue, rare)) == 1  # no count
-        assert search._route(catalogue, rare) == "few"
+        assert search._route(catalogue, rare)[0] == "few"
         found = catalogue.nearest_among_few(big.query, K, cap=200, filters=rare)
         assert [row.id for row, _ in found] == exact_ids(big, "Rare")
         assert catalogue.nearest_among_few(big.query, K, cap=199, filters=rare) is None

@@ -48,6 +48,8 @@ PGVECTOR_MAX_EF_SEARCH = 1000  # pgvector refuses more
 # so the first ones it meets win even when nearer ones lie a step further. Asking it for this
 # many and keeping the best k raised filtered recall@10 by 0.01-0.15 (to 0.85-0.97) on the
 # 100,000-photo benchmark, for 1.2-3.2x the time (docs/benchmarks.md, issue 10's re-run).
+# The least a search asks for: it asks for more when the filter lets many rows through
+# (shared/search.py, FILTERED_CANDIDATES_MOST).
 FILTERED_CANDIDATES = 40
 # An exact scan ranks the rows by their half-precision copies (about 3 significant digits),
 # then this many times the rows asked for by their float32 distances: only rows whose rough
