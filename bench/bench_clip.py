@@ -71,10 +71,10 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def percentiles(times: list[float]) -> dict:
+def percentiles(times: list[float], digits: int = 1) -> dict:
     times = sorted(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(p95, 1)}
+    return {"p50_ms": round(statistics.median(times), digits), "p95_ms": round(p95, digits)}
 
 
 def timed_each(run, items: list, warmup: int = 3) -> list[float]:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench_clip import QUERIES, timed_each
+from bench_clip import QUERIES, percentiles, timed_each
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / ".gpu"  # config + vocabulary, made here: the GPU machine has no tests' fixtures
@@ -133,9 +133,7 @@ def throughput(run: Callable[[], object], images: int, repeats: int) -> dict:
 def latency(run: Callable[[str], object], queries: int) -> dict:
     """p50/p95 of one query at a time, after one warm-up pass over every distinct query."""
     texts = (QUERIES * 10)[:queries]
-    times = sorted(timed_each(run, texts, warmup=len(QUERIES)))
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return {"p50_ms": round(statistics.median(times), 2), "p95_ms": round(p95, 2)}
+    return percentiles(timed_each(run, texts, warmup=len(QUERIES)), digits=2)  # GPU: a few ms
 
 
 def unit_rows(vectors):
