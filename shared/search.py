@@ -232,11 +232,12 @@ class Search:
         return int(self.exact_search_rows * EXACT_SCAN_SLACK)
 
     def _route(self, catalogue: Catalogue, filters: Filters | None) -> tuple[str, int | None]:
-        """The route and the planner's estimate it came from (None unfiltered). "few" when the planner puts the rows the filters let through at no more than
-        `exact_search_rows`: one exact scan reads them, and gives up (to the index) past
-        `EXACT_SCAN_SLACK` times that many. Else "index". Nothing is counted first: a count
-        reads the rows it counts, about what their exact scan costs now that each row holds a
-        half-precision copy of its vector (docs/benchmarks.md, issue 10)."""
+        """The route and the planner's estimate it came from (None unfiltered). "few" when the
+        planner puts the rows the filters let through at no more than `exact_search_rows`: one
+        exact scan reads them, and gives up (to the index) past `EXACT_SCAN_SLACK` times that
+        many. Else "index". Nothing is counted first: a count reads the rows it counts, about
+        what their exact scan costs now that each row holds a half-precision copy of its vector
+        (docs/benchmarks.md, issue 10)."""
         if not filters:
             return "index", None
         estimate = catalogue.estimate_matching(filters)
@@ -246,14 +247,14 @@ class Search:
         """How many rows a walk of the index with these filters is asked for (the best k kept):
         see FILTERED_CANDIDATES_MOST. Unfiltered, none beyond k."""
         with self.connections() as conn:
-            return self._candidates(Catalogue(conn), filters, None)
+            catalogue = Catalogue(conn)
+            return self._candidates(catalogue, self._route(catalogue, filters)[1])
 
-    def _candidates(self, catalogue: Catalogue, filters: Filters | None,
-                    estimate: int | None) -> int:
-        if not filters:
+    def _candidates(self, catalogue: Catalogue, estimate: int | None) -> int:
+        """From the route's estimate of the filter's rows (None: unfiltered)."""
+        if estimate is None:
             return 0
-        matching = catalogue.estimate_matching(filters) if estimate is None else estimate
-        share = matching / max(1, catalogue.estimate_matching(None))
+        share = estimate / max(1, catalogue.estimate_matching(None))
         return min(FILTERED_CANDIDATES_MOST,
                    max(FILTERED_CANDIDATES, round(share * self.ef_search)))
 
@@ -269,7 +270,7 @@ class Search:
         options = dict(ef_search=self.ef_search, exclude_id=exclude_id, filters=filters,
                        max_scan_tuples=self.max_scan_tuples)
         found = catalogue.nearest(vector, k, **options,
-                                  candidates=self._candidates(catalogue, filters, estimate))
+                                  candidates=self._candidates(catalogue, estimate))
         if len(found) < k:
             # The index scan gave up (max_scan_tuples) before k rows passed the filters: the
             # exact scan finds every one there is.
